@@ -1,0 +1,157 @@
+"""Real dm_control physics and rendering behind the gymnasium interface."""
+
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+
+
+@pytest.fixture(scope="module")
+def cheetah():
+    env = envs.make("dmc:cheetah-run", seed=0)
+    yield env
+    env.close()
+
+
+def test_mujoco_gl_defaults_to_egl_when_unset():
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
+    code = "import os, envs; envs.make('dmc:cartpole-swingup').reset(seed=0); print(os.environ['MUJOCO_GL'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "egl"
+
+
+def test_pixel_observations_from_real_rendering(cheetah):
+    obs, info = cheetah.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert cheetah.observation_space.contains(obs)
+    assert obs.std() > 5, "a rendered frame has structure, not a constant colour"
+    frames = [obs]
+    for _ in range(10):
+        obs, *_ = cheetah.step(np.ones(cheetah.action_space.shape))
+        frames.append(obs)
+    assert np.abs(frames[-1].astype(int) - frames[0].astype(int)).mean() > 1.0, "frames change as it moves"
+
+
+def test_action_repeat_multiplies_env_steps_and_sums_rewards():
+    fast = envs.make("dmc:cartpole-swingup", action_repeat=1, seed=3)
+    slow = envs.make("dmc:cartpole-swingup", action_repeat=8, seed=3)
+    assert envs.make("dmc:cartpole-swingup").action_repeat == 8  # PlaNet's default
+    fast.reset(seed=3)
+    slow.reset(seed=3)
+    action = np.full(fast.action_space.shape, 0.5)
+    single = [fast.step(action)[1] for _ in range(8)]
+    _, repeated, _, _, info = slow.step(action)
+    assert info["env_steps"] == 8 and fast._info()["env_steps"] == 8
+    assert repeated == pytest.approx(sum(single), rel=1e-6)
+
+
+def test_info_velocity_matches_physics(cheetah):
+    cheetah.reset(seed=1)
+    _, _, _, _, info = cheetah.step(np.zeros(cheetah.action_space.shape))
+    np.testing.assert_allclose(info["velocity"], cheetah.physics.data.qvel)
+    np.testing.assert_allclose(info["position"], cheetah.physics.data.qpos)
+    assert info["speed"] == pytest.approx(cheetah.physics.speed())
+    assert info["velocity"].shape == (9,)
+
+
+def test_same_seed_same_first_observations():
+    a = envs.make("dmc:reacher-easy", seed=7)
+    b = envs.make("dmc:reacher-easy", seed=7)
+    np.testing.assert_array_equal(a.reset(seed=7)[0], b.reset(seed=7)[0])
+    c = envs.make("dmc:reacher-easy")
+    assert not np.array_equal(a.reset(seed=7)[0], c.reset(seed=8)[0])
+
+
+def test_episode_truncates_at_1000_env_steps():
+    env = envs.make("dmc:cartpole-swingup", observation="state", seed=0)  # repeat 8 -> 125 agent steps
+    env.reset(seed=0)
+    for step in range(1, 200):  # noqa: B007 (read after the loop)
+        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        if terminated or truncated:
+            break
+    assert truncated and not terminated
+    assert step == 125 == env.max_episode_steps and info["env_steps"] == 1000
+
+
+def test_state_observations():
+    env = envs.make("dmc:walker-walk", observation="state", seed=0)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs.shape == env.observation_space.shape == (24,)
+
+
+def test_actions_rescaled_to_true_bounds():
+    env = envs.make("dmc:cartpole-swingup", action_repeat=1, seed=0)
+    low, high = env._action_low, env._action_high
+    env.reset(seed=0)
+    env.step(np.array([1.0]))
+    np.testing.assert_allclose(env.physics.data.ctrl, high)
+    env.step(np.array([-1.0]))
+    np.testing.assert_allclose(env.physics.data.ctrl, low)
+
+
+@pytest.mark.parametrize("name", ["dmc:cup-catch", "dmc:finger-spin"])
+def test_gymnasium_check_env(name):
+    check_env(envs.make(name, seed=0), skip_render_check=True)
+
+
+def test_gymnasium_registry():
+    env = gym.make("dmc/cheetah-run-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3)
+    assert "dmc/ball_in_cup-catch-v0" in gym.registry
+    assert envs.make("dmc/walker-walk-v0", observation="state").observation_space.shape == (24,)
+
+
+def test_gymnasium_env_turned_into_pixels():
+    env = envs.make("Pendulum-v1", seed=0)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert obs.std() > 5
+    first = obs
+    for _ in range(15):
+        obs, reward, *_ = env.step(np.array([1.0]))
+    assert np.abs(obs.astype(int) - first.astype(int)).sum() > 0
+    assert reward <= 0.0  # Pendulum's cost-shaped reward
+
+
+def test_resize_area_averages_blocks():
+    frame = np.zeros((4, 4, 3), np.uint8)
+    frame[:2, :2] = 200
+    np.testing.assert_array_equal(envs.resize_area(frame, 2)[..., 0], [[200, 0], [0, 0]])
+    assert envs.resize_area(np.zeros((500, 500, 3), np.uint8), 64).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("dmc:cheeta-run", "valid domains: acrobot, ball_in_cup"),
+        ("dmc:cheetah-walk", "valid tasks: run"),
+        ("dmc:cheetah", "domain-task"),
+        ("NoSuchEnv-v9", "unknown environment 'NoSuchEnv-v9'"),
+    ],
+)
+def test_bad_names_list_valid_choices(name, message):
+    with pytest.raises(ValueError, match=message):
+        envs.make(name)
+
+
+def test_bad_actions_are_refused(cheetah):
+    cheetah.reset(seed=0)
+    with pytest.raises(ValueError, match=r"shape \(5,\), expected \(6,\)"):
+        cheetah.step(np.zeros(5))
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        cheetah.step(np.full(6, 1.5))
+    cheetah.step(np.full(6, 1.0 + 1e-7))  # float tolerance
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="observation must be one of"):
+        envs.make("dmc:cheetah-run", observation="rgb")
+    with pytest.raises(ValueError, match="action_repeat must be a positive integer"):
+        envs.make("dmc:cheetah-run", action_repeat=0)
