@@ -294,7 +294,27 @@ class MCDropoutDense(hk.Module):
         return out
 
 
-BAYESIAN_LAYERS = (VariationalDense, MCDropoutDense)
+class Dense(hk.Linear):
+    """`hk.Linear` that accepts (and ignores) a `weights` argument, so a deterministic layer can stand
+    wherever a Bayesian one does."""
+
+    def __call__(self, inputs: jax.Array, weights: Weights | None = None, *, precision=None) -> jax.Array:
+        return super().__call__(inputs, precision=precision)
+
+
+LAYER_KINDS = ("deterministic", "reparameterization", "flipout", "mc_dropout")
+
+
+def make_dense(kind: str, output_size: int, name: str, *, posterior_std_init: float = 1e-2,
+               dropout_rate: float = 0.1) -> hk.Module:
+    """A dense layer of the given posterior family; every kind is called as ``layer(x, weights)``."""
+    if kind == "deterministic":
+        return Dense(output_size, name=name)
+    if kind in ESTIMATORS:
+        return VariationalDense(output_size, name=name, estimator=kind, posterior_std_init=posterior_std_init)
+    if kind == "mc_dropout":
+        return MCDropoutDense(output_size, name=name, rate=dropout_rate)
+    raise ValueError(f"layer kind must be one of {LAYER_KINDS}, got {kind!r}")
 
 
 def gaussian_kl_to_zero_mean(mean: jax.Array, std: jax.Array, prior_std: float) -> jax.Array:

@@ -1,0 +1,118 @@
+"""Episodes on disk, one compressed ``.npz`` each, written atomically; uniform ``[B, L]`` chunk sampling.
+
+File names are ``episode-<index:06d>-<length>.npz``. A file is written to a hidden temporary name in the
+same folder, flushed to disk and renamed, so a crash never leaves a partial ``.npz`` that loads. Episodes
+are loaded lazily on first use and kept in an LRU cache of at most `max_in_memory` episodes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+
+EPISODE_PATTERN = re.compile(r"^episode-(\d{6})-(\d+)\.npz$")
+
+
+def write_episode_atomically(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write `arrays` as a compressed ``.npz`` at `path` via a temporary file and an atomic rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class Replay:
+    """Replay of whole episodes stored in `directory`.
+
+    Each episode is a dict of arrays with the same leading time axis ``[T, ...]`` (``observation``,
+    ``action``, ``reward``, and any extras such as ``velocity``).
+    """
+
+    def __init__(self, directory: str, max_in_memory: int | None = None):
+        if max_in_memory is not None and max_in_memory < 1:
+            raise ValueError(f"replay max_in_memory must be >= 1 or None, got {max_in_memory}")
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self.max_in_memory = max_in_memory
+        self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._paths: list[str] = []
+        self._lengths: list[int] = []
+        for name in sorted(os.listdir(directory)):
+            match = EPISODE_PATTERN.match(name)
+            if match:
+                self._paths.append(os.path.join(directory, name))
+                self._lengths.append(int(match.group(2)))
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    @property
+    def num_steps(self) -> int:
+        """Total time steps over all stored episodes."""
+        return int(sum(self._lengths))
+
+    def add(self, episode: Mapping[str, np.ndarray]) -> str:
+        """Store one episode (dict of ``[T, ...]`` arrays); returns its path."""
+        lengths = {key: len(value) for key, value in episode.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"every array of an episode needs the same length, got {lengths}")
+        length = next(iter(lengths.values()))
+        path = os.path.join(self.directory, f"episode-{len(self._paths):06d}-{length}.npz")
+        write_episode_atomically(path, episode)
+        self._paths.append(path)
+        self._lengths.append(length)
+        self._remember(path, {key: np.asarray(value) for key, value in episode.items()})
+        return path
+
+    def episode(self, index: int) -> dict[str, np.ndarray]:
+        """Episode `index` as a dict of arrays (loaded from disk if not cached)."""
+        path = self._paths[index]
+        if path in self._cache:
+            self._cache.move_to_end(path)
+            return self._cache[path]
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+        self._remember(path, arrays)
+        return arrays
+
+    def _remember(self, path: str, arrays: dict[str, np.ndarray]) -> None:
+        self._cache[path] = arrays
+        self._cache.move_to_end(path)
+        while self.max_in_memory is not None and len(self._cache) > self.max_in_memory:
+            self._cache.popitem(last=False)
+
+    @property
+    def num_in_memory(self) -> int:
+        return len(self._cache)
+
+    def sample(self, batch_size: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``batch_size`` chunks of ``length`` consecutive steps, uniform over all chunks that lie inside one
+        episode (episodes shorter than `length` are never sampled). Returns ``[B, L, ...]`` arrays."""
+        starts_per_episode = np.maximum(np.asarray(self._lengths) - length + 1, 0)
+        total = starts_per_episode.sum()
+        if total == 0:
+            raise ValueError(f"no stored episode has {length} steps to sample a chunk from")
+        chunk_ids = rng.integers(0, total, batch_size)
+        boundaries = np.cumsum(starts_per_episode)
+        episode_ids = np.searchsorted(boundaries, chunk_ids, side="right")
+        offsets = chunk_ids - (boundaries[episode_ids] - starts_per_episode[episode_ids])
+        chunks = []
+        for episode_id, start in zip(episode_ids, offsets, strict=True):
+            episode = self.episode(int(episode_id))
+            chunks.append({key: value[start: start + length] for key, value in episode.items()})
+        return {key: np.stack([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+

@@ -1,0 +1,236 @@
+"""`WorldModel`: PlaNet's world model with Bayesian transition layers, and its public API.
+
+Every method is a pure function of explicit ``params`` and PRNG keys, jit-able and batched. Batches
+are dicts: ``observation`` ``[B, T, 64, 64, 3]`` uint8 (or ``[B, T, D]`` float states), ``action``
+``[B, T, A]`` (the action that led to each observation; zero at t = 0) and ``reward`` ``[B, T]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import optax
+
+from bayes_planet import bayes
+from bayes_planet.bayes import Weights
+from bayes_planet.distributions import unit_gaussian_nll
+from bayes_planet.networks import ConvDecoder, ConvEncoder, reward_head, vector_decoder, vector_encoder
+from bayes_planet.rssm import RSSM, RSSMState, zero_state
+
+PIXEL_SHAPE = (64, 64, 3)
+TRAIN_WEIGHTS = ("fresh", "per_sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """World-model options; defaults are PlaNet's (Hafner et al., 2019) with Bayesian transition layers.
+
+    transition: posterior family of the transition's dense layers ("deterministic" is plain PlaNet).
+    train_weights: "fresh" (a new draw per call, per the estimator) or "per_sequence" (one weight sample
+      held along each training sequence). weight_kl_scale multiplies the weight KL in the loss
+      (PlaNet's schedule: 1 / (100 updates x 50 sequences) per collected episode).
+    """
+
+    observation: str = "pixels"
+    cnn_depth: int = 32
+    state_embed_size: int = 300
+    deter_size: int = 200
+    stoch_size: int = 30
+    hidden_size: int = 200
+    min_std: float = 0.1
+    reward_hidden: int = 300
+    reward_layers: int = 3
+    transition: str = "reparameterization"
+    prior_std: float = 1.0
+    posterior_std_init: float = 0.01
+    dropout_rate: float = 0.1
+    weight_kl_scale: float = 2e-4
+    train_weights: str = "fresh"
+    free_nats: float = 3.0
+    reward_scale: float = 10.0
+    image_bits: int = 5
+
+
+def preprocess_pixels(image: jax.Array, key: jax.Array | None, bits: int = 5) -> jax.Array:
+    """uint8 pixels -> floats in [-0.5, 0.5): reduced to `bits` of depth, plus uniform dequantization noise
+    within a bin when `key` is given (else the bin centre). The one place pixels are preprocessed."""
+    bins = 2**bits
+    x = jnp.floor(image.astype(jnp.float32) / 2 ** (8 - bits)) / bins
+    noise = 0.5 if key is None else jax.random.uniform(key, x.shape, x.dtype)
+    return x + noise / bins - 0.5
+
+
+def pixels_to_uint8(image: jax.Array) -> jax.Array:
+    """Model-space pixels in [-0.5, 0.5] -> uint8 ``[..., 64, 64, 3]``."""
+    return jnp.clip(jnp.round((image + 0.5) * 255.0), 0, 255).astype(jnp.uint8)
+
+
+class WorldModel:
+    """PlaNet's RSSM world model learned from pixels (or states), with variational transition layers.
+
+    Args:
+      config: `ModelConfig`.
+      action_dim: size A of the action vector.
+      obs_shape: ``(64, 64, 3)`` for pixels, ``(D,)`` for states.
+    """
+
+    def __init__(self, config: ModelConfig, action_dim: int, obs_shape: tuple[int, ...] = PIXEL_SHAPE):
+        if config.observation == "pixels" and tuple(obs_shape) != PIXEL_SHAPE:
+            raise ValueError(f"pixel observations must have shape {PIXEL_SHAPE}, got {tuple(obs_shape)}")
+        if config.train_weights not in TRAIN_WEIGHTS:
+            raise ValueError(f"model.train_weights must be one of {TRAIN_WEIGHTS}, got {config.train_weights!r}")
+        self.config, self.action_dim, self.obs_shape = config, action_dim, tuple(obs_shape)
+        self._obs_ndim = len(self.obs_shape)
+        self._fns = hk.multi_transform(self._build)
+
+    # ----------------------------------------------------------------------------------------- build
+    def _build(self):
+        c = self.config
+        if c.observation == "pixels":
+            encoder, decoder = ConvEncoder(c.cnn_depth), ConvDecoder(c.cnn_depth)
+        else:
+            encoder = vector_encoder(c.state_embed_size, c.state_embed_size)
+            decoder = vector_decoder(self.obs_shape[0], c.state_embed_size)
+        reward = reward_head(c.reward_hidden, c.reward_layers)
+        rssm = RSSM(c.deter_size, c.stoch_size, c.hidden_size, c.min_std, c.transition,
+                    c.posterior_std_init, c.dropout_rate)
+        predict_reward = lambda features: reward(features)[..., 0]
+
+        def loss(observation, action, reward_target, weights):
+            posts, priors = rssm.observe(zero_state(action.shape[0], c.deter_size, c.stoch_size),
+                                         action, encoder(observation), weights)
+            features = posts.features
+            obs_nll = unit_gaussian_nll(observation, decoder(features), self._obs_ndim)
+            reward_nll = unit_gaussian_nll(reward_target, predict_reward(features), 0)
+            kl = posts.distribution.kl(priors.distribution)
+            terms = {
+                "image_loss": jnp.mean(obs_nll),
+                "reward_loss": jnp.mean(reward_nll),
+                "kl": jnp.mean(kl),
+                "kl_loss": jnp.mean(jnp.maximum(kl, c.free_nats)),
+                "prior_entropy": jnp.mean(priors.distribution.entropy()),
+                "posterior_entropy": jnp.mean(posts.distribution.entropy()),
+            }
+            total = terms["image_loss"] + c.reward_scale * terms["reward_loss"] + terms["kl_loss"]
+            return total, terms
+
+        def init(observation, action, reward_target):
+            return loss(observation, action, reward_target, None)
+
+        def observe_step(state, observation, action, weights):
+            return rssm.observe_step(state, action, encoder(observation), weights)[0]
+
+        def observe_sequence(state, observation, action, weights):
+            return rssm.observe(state, action, encoder(observation), weights)[0]
+
+        def imagine(state, actions, weights):
+            states = rssm.imagine(state, actions, weights)
+            return predict_reward(states.features), states
+
+        def decode(features):
+            return decoder(features)
+
+        return init, (loss, observe_step, observe_sequence, imagine, decode, predict_reward)
+
+    def _preprocess(self, observation, key):
+        if self.config.observation == "pixels":
+            return preprocess_pixels(observation, key, self.config.image_bits)
+        return observation.astype(jnp.float32)
+
+    # ------------------------------------------------------------------------------------ public API
+    def init(self, key: jax.Array, batch: Mapping[str, jax.Array]) -> hk.Params:
+        """Parameters for a batch like `batch` (any ``[B, T]``; tiny ones are enough)."""
+        obs = self._preprocess(jnp.asarray(batch["observation"]), None)
+        return jax.jit(self._fns.init)(key, obs, jnp.asarray(batch["action"]), jnp.asarray(batch["reward"]))
+
+    def loss(self, params: hk.Params, key: jax.Array, batch: Mapping[str, jax.Array]):
+        """Negative ELBO per time step, averaged over ``[B, T]``: image and reward NLL (unit variance,
+        constants dropped; reward scaled by `reward_scale`), the latent KL with free nats, plus
+        `weight_kl_scale` x the weights' KL. Returns ``(loss, metrics)``."""
+        c = self.config
+        key_noise, key_weights, key_apply = jax.random.split(key, 3)
+        observation = self._preprocess(batch["observation"], key_noise)
+        batch_size = batch["action"].shape[0]
+        weights = bayes.sample_weights(key_weights, batch_size) if c.train_weights == "per_sequence" else None
+        model_loss, metrics = self._fns.apply[0](params, key_apply, observation, batch["action"],
+                                                 batch["reward"].astype(jnp.float32), weights)
+        weight_kl = bayes.weight_kl(params, c.prior_std, c.dropout_rate)
+        total = model_loss + c.weight_kl_scale * weight_kl
+        metrics = dict(metrics, weight_kl=weight_kl, weight_std=bayes.posterior_std_mean(params), loss=total)
+        return total, metrics
+
+    def initial_state(self, batch_size: int) -> RSSMState:
+        """The all-zero latent state ``[batch_size, ...]`` that filtering starts from."""
+        return zero_state(batch_size, self.config.deter_size, self.config.stoch_size)
+
+    def observe(self, params: hk.Params, key: jax.Array, state: RSSMState, observation: jax.Array,
+                action: jax.Array, weights: Weights | None = None) -> RSSMState:
+        """Filter with the posterior. One step: observation ``[B, *obs]``, action ``[B, A]`` -> state ``[B, ...]``.
+        A sequence: ``[B, T, *obs]``, ``[B, T, A]`` -> states ``[B, T, ...]`` (the last is ``[:, -1]``).
+        Transition weights default to the posterior mean."""
+        weights = Weights.mean() if weights is None else weights
+        key_noise, key_apply = jax.random.split(key)
+        obs = self._preprocess(observation, key_noise)
+        sequence = observation.ndim == self._obs_ndim + 2
+        fn = self._fns.apply[2] if sequence else self._fns.apply[1]
+        return fn(params, key_apply, state, obs, action, weights)
+
+    def imagine(self, params: hk.Params, key: jax.Array, state: RSSMState, actions: jax.Array,
+                weights: Weights | None = None) -> tuple[jax.Array, RSSMState]:
+        """Open loop from `state` (``[N, ...]`` or ``[1, ...]``, broadcast) for actions ``[N, H, A]``.
+
+        Returns predicted rewards ``[N, H]`` and prior states ``[N, H, ...]``. With `sample_weights(params,
+        key, K)` the N rows form K contiguous groups, group k using weight sample k for all H steps.
+        """
+        weights = Weights.mean() if weights is None else weights
+        n = actions.shape[0]
+        state = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])), state)
+        return self._fns.apply[3](params, key, state, actions, weights)
+
+    def sample_weights(self, params: hk.Params, key: jax.Array, n: int) -> Weights:
+        """`n` weight samples of the transition, each to be held fixed along a whole trajectory."""
+        del params  # samples are drawn inside the layers from the held keys
+        return bayes.sample_weights(key, n)
+
+    def mean_weights(self, params: hk.Params) -> Weights:
+        """The posterior-mean transition (deterministic; plain PlaNet when the model is deterministic)."""
+        del params
+        return Weights.mean()
+
+    @staticmethod
+    def features(latents: RSSMState) -> jax.Array:
+        """``[..., deter + stoch]`` features of latent states (what the heads and probes read)."""
+        return latents.features
+
+    def decode(self, params: hk.Params, latents: RSSMState) -> jax.Array:
+        """Mean predicted observation of latent states ``[...]``: model-space pixels ``[..., 64, 64, 3]`` in
+        about [-0.5, 0.5] (see `pixels_to_uint8`), or state vectors."""
+        return self._fns.apply[4](params, None, latents.features)
+
+    def reward(self, params: hk.Params, latents: RSSMState) -> jax.Array:
+        """Mean predicted reward ``[...]`` of latent states."""
+        return self._fns.apply[5](params, None, latents.features)
+
+
+def make_optimizer(learning_rate: float = 1e-3, eps: float = 1e-4, grad_clip: float = 1000.0,
+                   warmup_steps: int = 0) -> optax.GradientTransformation:
+    """PlaNet's optimizer: global-norm clipping, then Adam (with an optional linear warm-up)."""
+    schedule = (optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(schedule, eps=eps))
+
+
+def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation):
+    """A jit-compiled ``step(params, opt_state, key, batch) -> (params, opt_state, metrics)``."""
+
+    @jax.jit
+    def step(params, opt_state, key, batch):
+        (_, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return step

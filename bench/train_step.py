@@ -1,0 +1,82 @@
+"""Median world-model train-step time at PlaNet's sizes and at quickstart sizes, with achieved GFLOP/s
+next to a float32 matmul's GFLOP/s measured in the same run.
+
+    python bench/train_step.py [--sizes planet quick] [--repeats 5]
+
+FLOPs come from XLA's cost analysis of the compiled step; it counts a scan body once, so the
+recurrent part is counted for one time step (the conv nets, most of the work, are outside the scan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
+
+SIZES = {
+    "planet": (ModelConfig(), 50, 50),
+    "quick": (ModelConfig(cnn_depth=16, deter_size=100, stoch_size=20, hidden_size=100, reward_hidden=100), 16, 32),
+}
+
+
+def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dot(a, a).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / np.median(times) / 1e9
+
+
+def bench(name: str, repeats: int) -> dict:
+    config, batch_size, length = SIZES[name]
+    action_dim = 6
+    rng = np.random.default_rng(0)
+    batch = {
+        "observation": rng.integers(0, 256, (batch_size, length, 64, 64, 3), dtype=np.uint8),
+        "action": rng.uniform(-1, 1, (batch_size, length, action_dim)).astype(np.float32),
+        "reward": rng.normal(size=(batch_size, length)).astype(np.float32),
+    }
+    model = WorldModel(config, action_dim)
+    params = model.init(jax.random.PRNGKey(0), {k: v[:1, :2] for k, v in batch.items()})
+    optimizer = make_optimizer()
+    opt_state = optimizer.init(params)
+    step = make_train_step(model, optimizer)
+    compiled = step.lower(params, opt_state, jax.random.PRNGKey(0), batch).compile()
+    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    params, opt_state, _ = step(params, opt_state, jax.random.PRNGKey(0), batch)  # warm-up
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(i), batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    median = float(np.median(times))
+    return {"sizes": f"{name} (batch {batch_size} x {length})", "median_s": median, "gflop": flops / 1e9,
+            "gflops_per_s": flops / 1e9 / median}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["quick", "planet"], choices=sorted(SIZES))
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    peak = matmul_gflops()
+    print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; float32 4096^2 matmul: {peak:.0f} GFLOP/s")
+    print(f"{'sizes':<28} {'median s/step':>14} {'GFLOP/step':>11} {'GFLOP/s':>9} {'share of matmul':>16}")
+    for name in args.sizes:
+        row = bench(name, args.repeats)
+        print(f"{row['sizes']:<28} {row['median_s']:>14.3f} {row['gflop']:>11.1f} {row['gflops_per_s']:>9.1f} "
+              f"{row['gflops_per_s'] / peak:>15.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
