@@ -139,7 +139,23 @@ def softplus_inverse(y: float) -> float:
     return float(y + np.log(-np.expm1(-y)))
 
 
-class VariationalDense(hk.Module):
+class _BayesianDense(hk.Module):
+    """What the Bayesian dense layers share with `hk.Linear`: constructor arguments and the bias."""
+
+    def __init__(self, output_size: int, with_bias: bool, w_init, b_init, name: str | None):
+        super().__init__(name=name)
+        self.output_size = output_size
+        self.with_bias = with_bias
+        self.w_init = w_init
+        self.b_init = b_init or jnp.zeros
+
+    def _add_bias(self, out: jax.Array) -> jax.Array:
+        if not self.with_bias:
+            return out
+        return out + hk.get_parameter("b", (self.output_size,), out.dtype, init=self.b_init)
+
+
+class VariationalDense(_BayesianDense):
     """Dense layer with a mean-field Gaussian posterior on its kernel (Bayes by Backprop).
 
     A drop-in swap for `hk.Linear`: same constructor arguments and call signature, plus
@@ -167,15 +183,11 @@ class VariationalDense(hk.Module):
         estimator: str = "reparameterization",
         posterior_std_init: float = 1e-2,
     ):
-        super().__init__(name=name)
+        super().__init__(output_size, with_bias, w_init, b_init, name)
         if estimator not in ESTIMATORS:
             raise ValueError(f"VariationalDense: estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if posterior_std_init <= 0:
             raise ValueError(f"VariationalDense: posterior_std_init must be > 0, got {posterior_std_init}")
-        self.output_size = output_size
-        self.with_bias = with_bias
-        self.w_init = w_init
-        self.b_init = b_init or jnp.zeros
         self.estimator = estimator
         self.posterior_std_init = posterior_std_init
 
@@ -204,9 +216,7 @@ class VariationalDense(hk.Module):
         else:
             eps = jax.random.normal(_next_key(self.name), shape, dtype)
             out = inputs @ (mean + std * eps)
-        if self.with_bias:
-            out = out + hk.get_parameter("b", (self.output_size,), dtype, init=self.b_init)
-        return out
+        return self._add_bias(out)
 
     @staticmethod
     def _held(inputs, mean, std, key):
@@ -236,7 +246,7 @@ class VariationalDense(hk.Module):
         return out_mean + out_std * jax.random.normal(key, out_mean.shape, out_mean.dtype)
 
 
-class MCDropoutDense(hk.Module):
+class MCDropoutDense(_BayesianDense):
     """Dense layer with dropout on its inputs kept on at prediction time (Gal and Ghahramani, 2016).
 
     The approximate posterior is the kernel with whole input rows dropped with probability `rate`
@@ -254,13 +264,9 @@ class MCDropoutDense(hk.Module):
         *,
         rate: float = 0.1,
     ):
-        super().__init__(name=name)
+        super().__init__(output_size, with_bias, w_init, b_init, name)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"MCDropoutDense: rate must be in [0, 1), got {rate}")
-        self.output_size = output_size
-        self.with_bias = with_bias
-        self.w_init = w_init
-        self.b_init = b_init or jnp.zeros
         self.rate = rate
 
     def __call__(self, inputs: jax.Array, weights: Weights | None = None) -> jax.Array:
@@ -289,9 +295,7 @@ class MCDropoutDense(hk.Module):
             mask_shape = inputs.shape if weights.per_row else (input_size,)
             mask = jax.random.bernoulli(_next_key(self.name), keep, mask_shape)
             out = (inputs * mask / keep) @ kernel
-        if self.with_bias:
-            out = out + hk.get_parameter("b", (self.output_size,), inputs.dtype, init=self.b_init)
-        return out
+        return self._add_bias(out)
 
 
 class Dense(hk.Linear):
