@@ -9,29 +9,19 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
+
+from bayes_planet.files import atomic_write
 
 EPISODE_PATTERN = re.compile(r"^episode-(\d{6})-(\d+)\.npz$")
 
 
 def write_episode_atomically(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     """Write `arrays` as a compressed ``.npz`` at `path` via a temporary file and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".partial", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 class Replay:

@@ -29,6 +29,8 @@ TRAIN_WEIGHTS = ("fresh", "per_sequence")
 class ModelConfig:
     """World-model options; defaults are PlaNet's (Hafner et al., 2019) with Bayesian transition layers.
 
+    conv_engine: "fast" (convolutions as matmuls, chunked over frames; for CPUs) or "plain" (haiku's conv
+      layers); same parameters and function. conv_chunk: frames per checkpointed chunk (0: one chunk).
     transition: posterior family of the transition's dense layers ("deterministic" is plain PlaNet).
     train_weights: "fresh" (a new draw per call, per the estimator) or "per_sequence" (one weight sample
       held along each training sequence). weight_kl_scale multiplies the weight KL in the loss
@@ -37,6 +39,8 @@ class ModelConfig:
 
     observation: str = "pixels"
     cnn_depth: int = 32
+    conv_engine: str = "fast"
+    conv_chunk: int = 192
     state_embed_size: int = 300
     deter_size: int = 200
     stoch_size: int = 30
@@ -91,7 +95,8 @@ class WorldModel:
     def _build(self):
         c = self.config
         if c.observation == "pixels":
-            encoder, decoder = ConvEncoder(c.cnn_depth), ConvDecoder(c.cnn_depth)
+            encoder = ConvEncoder(c.cnn_depth, c.conv_engine, c.conv_chunk)
+            decoder = ConvDecoder(c.cnn_depth, engine=c.conv_engine, chunk=c.conv_chunk)
         else:
             encoder = vector_encoder(c.state_embed_size, c.state_embed_size)
             decoder = vector_decoder(self.obs_shape[0], c.state_embed_size)
@@ -230,7 +235,7 @@ def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation):
     def step(params, opt_state, key, batch):
         (_, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
         return optax.apply_updates(params, updates), opt_state, metrics
 
     return step

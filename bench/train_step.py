@@ -3,13 +3,16 @@ next to a float32 matmul's GFLOP/s measured in the same run.
 
     python bench/train_step.py [--sizes planet quick] [--repeats 5]
 
-FLOPs come from XLA's cost analysis of the compiled step; it counts a scan body once, so the
-recurrent part is counted for one time step (the conv nets, most of the work, are outside the scan).
+FLOPs come from XLA's cost analysis, which counts the body of a scan or `lax.map` once. So they are
+counted on an unchunked variant of the step (``conv_chunk=0``, compiled, never run) at two sequence
+lengths: the difference gives the per-frame work, the rest is one step of the recurrent scan, which is
+then counted once per time step.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import jax
@@ -36,6 +39,24 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / np.median(times) / 1e9
 
 
+def step_flops(config, action_dim, batch, params, opt_state) -> float:
+    """FLOPs of one train step with every scan step counted (see the module docstring)."""
+    model = WorldModel(dataclasses.replace(config, conv_chunk=0), action_dim)
+    step = make_train_step(model, make_optimizer())
+    length = batch["action"].shape[1]
+    short = max(1, length // 2)
+
+    def counted(steps):
+        chunk = {k: v[:, :steps] for k, v in batch.items()}
+        compiled = step.lower(params, opt_state, jax.random.PRNGKey(0), chunk).compile()
+        return (compiled.cost_analysis() or {}).get("flops", float("nan"))
+
+    full, half = counted(length), counted(short)
+    per_step_of_time = (full - half) / (length - short)  # frames through encoder, decoder, heads, loss
+    scan_step = full - per_step_of_time * length  # one recurrent step, counted once by XLA
+    return per_step_of_time * length + scan_step * length
+
+
 def bench(name: str, repeats: int) -> dict:
     config, batch_size, length = SIZES[name]
     action_dim = 6
@@ -50,8 +71,7 @@ def bench(name: str, repeats: int) -> dict:
     optimizer = make_optimizer()
     opt_state = optimizer.init(params)
     step = make_train_step(model, optimizer)
-    compiled = step.lower(params, opt_state, jax.random.PRNGKey(0), batch).compile()
-    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    flops = step_flops(config, action_dim, batch, params, opt_state)
     params, opt_state, _ = step(params, opt_state, jax.random.PRNGKey(0), batch)  # warm-up
     times = []
     for i in range(repeats):
