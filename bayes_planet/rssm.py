@@ -84,7 +84,11 @@ class RSSM(hk.Module):
         deter, _ = self._cell(x, state.deter)
         hidden = jax.nn.relu(self._prior_hidden(deter, weights))
         mean, std = self._distribution(self._prior_out(hidden, weights))
-        stoch = DiagGaussian(mean, std).sample(hk.next_rng_key())
+        # rows rolled out under different held weight samples share their latent noise (common random
+        # numbers), so the spread across weight samples is epistemic only
+        groups = (weights.num_samples if weights is not None else None) or 1
+        noise = jax.random.normal(hk.next_rng_key(), (mean.shape[0] // groups,) + mean.shape[1:], mean.dtype)
+        stoch = mean + std * jnp.tile(noise, (groups,) + (1,) * (mean.ndim - 1))
         return RSSMState(deter, stoch, mean, std)
 
     def posterior_step(self, prior: RSSMState, embed: jax.Array) -> RSSMState:

@@ -1,0 +1,63 @@
+"""The planner protocol, and the glue that scores action sequences with a `WorldModel`.
+
+A planner is called as ``planner(key, score_fn, state, previous_plan) -> (action, plan)``:
+
+- ``score_fn(key, state, actions [N, H, A]) -> scores [N]`` scores candidate action sequences in
+  ``[-1, 1]`` from the latent `state` (higher is better); `world_model_scorer` builds one from a world
+  model, its params and an uncertainty objective, but any jit-able function will do;
+- ``previous_plan`` is whatever the planner returned last (``planner.initial_plan(action_dim)`` at the
+  start of an episode); the returned ``action`` is ``[A]``.
+
+Planners are frozen dataclasses (hashable, so they can be static arguments to `jax.jit`), and their call
+is traceable: the agent jit-compiles filtering, scoring and planning as one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+ScoreFn = Callable[[jax.Array, Any, jax.Array], jax.Array]
+
+
+class Planner(Protocol):
+    horizon: int
+
+    def initial_plan(self, action_dim: int) -> jax.Array: ...
+
+    def __call__(self, key: jax.Array, score_fn: ScoreFn, state: Any,
+                 previous_plan: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+
+def check_sizes(planner: Any, names: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the first of `planner`'s size fields in `names` that is below 1."""
+    for name in names:
+        if getattr(planner, name) < 1:
+            raise ValueError(f"planner.{name} must be >= 1, got {getattr(planner, name)}")
+
+
+def world_model_scorer(model, params, weights_key: jax.Array | None, objective: Callable[[jax.Array], jax.Array],
+                       weight_samples: int) -> ScoreFn:
+    """Score candidates by their imagined return under `weight_samples` transition samples, each held
+    fixed along the whole horizon, reduced by `objective` (``returns [N, K] -> scores [N]``).
+
+    With ``weight_samples == 0`` the posterior-mean transition is used (K = 1; plain PlaNet). The samples
+    are drawn from `weights_key`, so the same key gives the same K models (hold it for an episode for
+    Thompson sampling per episode).
+    """
+
+    def score(key: jax.Array, state: Any, actions: jax.Array) -> jax.Array:
+        count = actions.shape[0]
+        if weight_samples == 0:
+            weights, samples = model.mean_weights(params), 1
+        else:
+            weights, samples = model.sample_weights(params, weights_key, weight_samples), weight_samples
+        # rows form K contiguous groups of all candidates; group k is rolled out with weight sample k
+        rewards, _ = model.imagine(params, key, state, jnp.tile(actions, (samples, 1, 1)), weights)
+        returns = jnp.sum(rewards, axis=-1).reshape(samples, count).T
+        return objective(returns)
+
+    return score
