@@ -34,9 +34,68 @@ def _random(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from agents.train import train
+    from bayes_planet.config import load_config
+
+    fresh = args.config is not None or args.set
+    config = load_config(args.config or "default", args.set) if fresh else None
+    if config is None and not os.path.exists(os.path.join(args.logdir, "config.yaml")):
+        config = load_config("default")
+    result = train(args.logdir, config, progress=not args.no_progress)
+    print(f"{args.logdir}: evaluation return {result['eval_return']:.1f}; random policy return "
+          f"{result['random_return']:.1f} (mean of the seed episodes, same task)")
+    print(f"learning curve: {os.path.join(args.logdir, 'learning_curve.png')}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from agents.train import Trainer
+
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    trainer = Trainer(args.logdir, None, progress=not args.no_progress)
+    if trainer.params is None:
+        raise ValueError(f"{args.logdir} has no checkpoint to evaluate yet")
+    returns = trainer.evaluate(args.episodes)
+    print(f"{trainer.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
+          f"episodes (no exploration noise; {trainer.updates} updates, {trainer.env_steps} env steps)")
+    if args.video:
+        import imageio
+
+        from agents.rollout import run_episode
+        from agents.train import make_env
+
+        env = make_env(trainer.config)
+        episode = run_episode(env, trainer.agent.policy(trainer.params, trainer.key, 0.0), seed=args.episodes)
+        path = os.path.join(args.logdir, "eval_episode.mp4")
+        imageio.mimsave(path, np.stack(episode.observations), fps=30)
+        print(f"video: {path} (return {episode.total_reward:.1f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from bayes_planet.config import preset_names
+
     parser = argparse.ArgumentParser(prog="bayes-planet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train", help="train a Bayesian PlaNet agent (or resume the run in --logdir)",
+        description="Train a Bayesian PlaNet agent from pixels. Rerunning the same command on the same "
+                    "--logdir resumes the run where it stopped.")
+    train.add_argument("--config", help=f"a preset ({', '.join(preset_names())}) or a YAML path; "
+                                        "default: configs/default.yaml")
+    train.add_argument("--logdir", required=True, help="run directory (config, checkpoint, episodes, logs, plots)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override an option, e.g. --set planner.objective=optimistic --set planner.beta=1.0")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(run=_train)
+    evaluate = commands.add_parser("eval", help="evaluate a run's latest checkpoint without exploration noise")
+    evaluate.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
+    evaluate.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
+    evaluate.add_argument("--video", action="store_true", help="also write eval_episode.mp4 of one episode")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(run=_eval)
     random = commands.add_parser("random", help="roll out a uniform random policy; print its return, save a GIF")
     random.add_argument("--task", default="dmc:cartpole-swingup", help="'dmc:<domain>-<task>' or a gymnasium id")
     random.add_argument("--episodes", type=int, default=1, help="number of episodes (default 1)")

@@ -1,0 +1,231 @@
+"""PlaNet's training loop with a run directory that can always be resumed.
+
+A run directory holds:
+  config.yaml          the resolved config (a rerun must match it)
+  episodes/            every episode, one ``.npz`` each, written atomically (the replay)
+  checkpoint.pkl       params, optimizer state, update count, PRNG key and replay-sampler state (atomic)
+  metrics.jsonl        one JSON record per line: train / episode / eval / random
+  tensorboard/         the same scalars for TensorBoard
+  learning_curve.png   returns against env steps, redrawn at each evaluation
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import envs
+from agents.agent import PlanetAgent
+from agents.rollout import random_policy, run_episode
+from bayes_planet import config as config_lib
+from bayes_planet.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from bayes_planet.config import Config
+from bayes_planet.logger import Logger, read_metrics
+from bayes_planet.replay import Replay
+from bayes_planet.viz import plot_learning_curve
+from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
+
+BATCH_KEYS = ("observation", "action", "reward")
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never share a seed with training episodes
+
+
+def make_env(config: Config, seed: int | None = None):
+    """The run's environment."""
+    c = config.env
+    return envs.make(c.task, action_repeat=c.action_repeat or None, camera_id=None if c.camera_id < 0 else c.camera_id,
+                     observation=config.model.observation, seed=seed)
+
+
+def make_model(config: Config, env) -> WorldModel:
+    return WorldModel(config.model, env.action_space.shape[0], env.observation_space.shape)
+
+
+def prepare_run(logdir: str, config: Config | None) -> Config:
+    """Create or reopen a run directory. A new run needs `config`; an existing one keeps its own, and a
+    different `config` is refused with the options that differ."""
+    path = os.path.join(logdir, "config.yaml")
+    if os.path.exists(path):
+        stored = config_lib.from_dict(config_lib.read_yaml(path))
+        if config is not None and config != stored:
+            changed = "; ".join(config_lib.differences(stored, config))
+            raise ValueError(f"{logdir} holds a run with a different config ({changed}); "
+                             "use a new --logdir, or rerun without --config/--set to resume")
+        return stored
+    if config is None:
+        raise ValueError(f"{logdir} holds no run (no config.yaml): start one with --config")
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        config_lib.save_config(config, path)
+    except OSError as error:
+        raise ValueError(f"cannot write the run directory {logdir!r}: {error.strerror}") from None
+    return config
+
+
+def episode_seed(config: Config, index: int) -> int:
+    return config.seed * 100_003 + index
+
+
+class Trainer:
+    """Owns one run: env, model, optimizer, replay, agent; `run()` trains until ``train.env_steps``."""
+
+    def __init__(self, logdir: str, config: Config | None = None, progress: bool = True):
+        self.config = prepare_run(logdir, config)
+        self.logdir, self.progress = logdir, progress
+        c = self.config
+        self.env = make_env(c)
+        self.action_repeat = self.env.unwrapped.action_repeat if hasattr(self.env.unwrapped, "action_repeat") else 1
+        self.model = make_model(c, self.env)
+        self.optimizer = make_optimizer(c.train.learning_rate, c.train.adam_eps, c.train.grad_clip,
+                                        c.train.warmup_steps)
+        self.train_step = make_train_step(self.model, self.optimizer)
+        self.agent = PlanetAgent.from_config(self.model, c)
+        self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)
+        self.logger = Logger(logdir)
+        self.checkpoint_path = os.path.join(logdir, "checkpoint.pkl")
+        self.params = self.opt_state = None
+        self.updates = 0
+        self.key = jax.random.PRNGKey(c.seed)
+        self.sampler = np.random.default_rng(c.seed)
+        self._restore()
+
+    # ------------------------------------------------------------------------------------ state
+    def _restore(self) -> None:
+        saved = load_checkpoint(self.checkpoint_path)
+        if saved is None:
+            return
+        self._initialize()
+        check_compatible(saved["params"], self.params, f"checkpoint {self.checkpoint_path}")
+        self.params, self.opt_state, self.updates = saved["params"], saved["opt_state"], int(saved["updates"])
+        self.key = saved["key"]
+        self.sampler.bit_generator.state = saved["sampler"]
+
+    def _initialize(self) -> None:
+        example = {k: v[:1, :2] for k, v in self.replay.sample(1, 2, np.random.default_rng(0)).items()
+                   if k in BATCH_KEYS}
+        self.key, key_init = jax.random.split(self.key)
+        self.params = self.model.init(key_init, example)
+        self.opt_state = self.optimizer.init(self.params)
+
+    def save(self) -> None:
+        save_checkpoint(self.checkpoint_path, {
+            "params": self.params, "opt_state": self.opt_state, "updates": self.updates, "key": self.key,
+            "sampler": self.sampler.bit_generator.state, "episodes": len(self.replay),
+        })
+
+    @property
+    def env_steps(self) -> int:
+        return self.replay.num_steps * self.action_repeat
+
+    # ------------------------------------------------------------------------------------ phases
+    def _rollout(self, policy, seed: int, description: str, env=None):
+        env = env or self.env
+        total = getattr(env.unwrapped, "max_episode_steps", None)
+        with tqdm(total=total, desc=description, leave=False, disable=not self.progress) as bar:
+            def on_step(reward, totals=[0.0]):  # noqa: B006  (running return for the bar)
+                totals[0] += reward
+                bar.set_postfix(ret=f"{totals[0]:.1f}", refresh=False)
+                bar.update(1)
+            return run_episode(env, policy, seed=seed, on_step=on_step)
+
+    def collect_seed_episodes(self) -> None:
+        while len(self.replay) < self.config.train.seed_episodes:
+            index = len(self.replay)
+            seed = episode_seed(self.config, index)
+            episode = self._rollout(random_policy(self.env.action_space, seed), seed, f"random episode {index}")
+            self.replay.add(episode.arrays())
+            self.logger.write("random", self.env_steps, {"return": episode.total_reward})
+
+    def train_phase(self) -> dict[str, float]:
+        c = self.config.train
+        history = []
+        with tqdm(range(c.train_steps), desc=f"train (update {self.updates})", leave=False,
+                  disable=not self.progress) as bar:
+            for _ in bar:
+                batch = {k: v for k, v in self.replay.sample(c.batch_size, c.sequence_length, self.sampler).items()
+                         if k in BATCH_KEYS}
+                self.key, key_step = jax.random.split(self.key)
+                self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, key_step, batch)
+                self.updates += 1
+                history.append(metrics)
+                if len(history) % 10 == 0:
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.2f}", refresh=False)
+        means = {name: float(np.mean([float(m[name]) for m in history])) for name in history[0]}
+        self.logger.write("train", self.env_steps, dict(means, updates=self.updates))
+        return means
+
+    def collect_episode(self) -> float:
+        index = len(self.replay)
+        self.key, key_agent = jax.random.split(self.key)
+        policy = self.agent.policy(self.params, key_agent, self.config.train.exploration_noise)
+        start = time.perf_counter()
+        episode = self._rollout(policy, episode_seed(self.config, index), f"episode {index}")
+        seconds = time.perf_counter() - start
+        self.replay.add(episode.arrays())
+        self.logger.write("episode", self.env_steps, {"return": episode.total_reward, "episode": index,
+                                                       "seconds": seconds})
+        return episode.total_reward
+
+    def evaluate(self, episodes: int) -> list[float]:
+        """Returns of `episodes` episodes without exploration noise (a separate env instance)."""
+        env = make_env(self.config)
+        returns = []
+        for index in range(episodes):
+            key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET), index)
+            seed = EVAL_SEED_OFFSET + episode_seed(self.config, index)
+            returns.append(self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env)
+                           .total_reward)
+        return returns
+
+    def evaluate_and_report(self) -> float:
+        returns = self.evaluate(self.config.train.eval_episodes)
+        self.logger.write("eval", self.env_steps, {"return": np.mean(returns), "return_std": np.std(returns),
+                                                    "return_min": np.min(returns), "return_max": np.max(returns)})
+        self.plot()
+        return float(np.mean(returns))
+
+    def random_return(self) -> float:
+        returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "random"]
+        return float(np.mean(returns)) if returns else float("nan")
+
+    def plot(self) -> None:
+        plot_learning_curve(read_metrics(self.logdir), os.path.join(self.logdir, "learning_curve.png"),
+                            self.config.env.task, self.random_return())
+
+    # ------------------------------------------------------------------------------------ loop
+    def run(self) -> dict[str, float]:
+        """Train until ``train.env_steps``; returns the last evaluation and the random policy's return."""
+        c = self.config.train
+        self.collect_seed_episodes()
+        if self.params is None:
+            self._initialize()
+            self.save()
+        last_eval = None
+        while self.env_steps < c.env_steps:
+            losses = self.train_phase()
+            episode_return = self.collect_episode()
+            collected = len(self.replay) - c.seed_episodes
+            done = self.env_steps >= c.env_steps
+            line = (f"episode {len(self.replay)}  env steps {self.env_steps}  return {episode_return:.1f}  "
+                    f"loss {losses['loss']:.2f}  updates {self.updates}")
+            if c.eval_episodes and (collected % c.eval_every == 0 or done):
+                last_eval = self.evaluate_and_report()
+                line += f"  eval return {last_eval:.1f}"
+            self.save()
+            if self.progress:
+                tqdm.write(line)
+        if last_eval is None and c.eval_episodes:
+            last_eval = self.evaluate_and_report()
+        self.logger.close()
+        return {"eval_return": float("nan") if last_eval is None else last_eval, "random_return": self.random_return()}
+
+
+def train(logdir: str, config: Config | None = None, progress: bool = True) -> dict[str, float]:
+    """Train (or resume) the run in `logdir`; see `Trainer`."""
+    return Trainer(logdir, config, progress).run()
+
+
+__all__ = ["Trainer", "make_env", "make_model", "prepare_run", "train"]

@@ -1,0 +1,233 @@
+"""Typed configuration: dataclasses with PlaNet's defaults, YAML presets, dotted overrides, validation.
+
+A run's config is ``Config(env, model, planner, train, seed)``. It is built from the defaults, then a
+preset (``configs/<name>.yaml`` or a path), then ``section.key=value`` overrides; any unknown key, wrong
+type or value out of range fails at once with a ValueError that names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import yaml
+
+from bayes_planet.bayes import LAYER_KINDS
+from bayes_planet.networks import CONV_ENGINES
+from bayes_planet.objectives import OBJECTIVES
+from bayes_planet.world_model import TRAIN_WEIGHTS, ModelConfig
+
+PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """task: 'dmc:<domain>-<task>' or a gymnasium id. action_repeat: 0 means PlaNet's for the task.
+    camera_id: -1 means the task's default camera (0 except quadruped)."""
+
+    task: str = "dmc:cheetah-run"
+    action_repeat: int = 0
+    camera_id: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannerConfig:
+    """name: "cem" or "random_shooting". objective: how returns under `weight_samples` transition samples
+    are scored (see `bayes_planet.objectives`); weight_samples 0 plans with the posterior-mean weights.
+    thompson_every: "plan" (a new sample per plan call) or "episode"."""
+
+    name: str = "cem"
+    horizon: int = 12
+    iterations: int = 10
+    candidates: int = 1000
+    top_k: int = 100
+    warm_start: bool = False
+    objective: str = "mean"
+    weight_samples: int = 4
+    beta: float = 1.0
+    alpha: float = 0.1
+    thompson_every: str = "plan"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """PlaNet's loop: `seed_episodes` random episodes, then repeatedly `train_steps` updates on
+    ``[batch_size, sequence_length]`` chunks and one collected episode, until `env_steps` env steps.
+    Evaluation (no exploration noise) every `eval_every` collected episodes. replay_in_memory: how many
+    episodes the replay keeps loaded (0: all)."""
+
+    env_steps: int = 1_000_000
+    seed_episodes: int = 5
+    train_steps: int = 100
+    batch_size: int = 50
+    sequence_length: int = 50
+    learning_rate: float = 1e-3
+    adam_eps: float = 1e-4
+    grad_clip: float = 1000.0
+    warmup_steps: int = 0
+    exploration_noise: float = 0.3
+    eval_every: int = 10
+    eval_episodes: int = 1
+    replay_in_memory: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+# what values are allowed, beyond the types: one table
+CHOICES = {
+    "model.observation": ("pixels", "state"),
+    "model.conv_engine": CONV_ENGINES,
+    "model.transition": LAYER_KINDS,
+    "model.train_weights": TRAIN_WEIGHTS,
+    "planner.name": ("cem", "random_shooting"),
+    "planner.objective": OBJECTIVES,
+    "planner.thompson_every": ("plan", "episode"),
+}
+# integers are >= 1 and floats >= 0 unless listed here as (lowest, highest) with None for unbounded
+RANGES = {
+    "seed": (0, None),
+    "env.action_repeat": (0, None),
+    "env.camera_id": (-1, None),
+    "model.conv_chunk": (0, None),
+    "model.image_bits": (1, 8),
+    "model.dropout_rate": (0.0, 0.99),
+    "model.prior_std": (1e-6, None),
+    "model.posterior_std_init": (1e-6, None),
+    "planner.weight_samples": (0, None),
+    "planner.alpha": (1e-6, 1.0),
+    "train.warmup_steps": (0, None),
+    "train.replay_in_memory": (0, None),
+    "train.eval_episodes": (0, None),
+    "train.seed_episodes": (1, None),
+    "train.learning_rate": (1e-12, None),
+}
+
+
+def to_dict(config: Any) -> dict:
+    """Nested plain dict of a config (what is written to YAML)."""
+    return dataclasses.asdict(config)
+
+
+def _fail(message: str) -> typing.NoReturn:
+    raise ValueError(message)
+
+
+def _check_value(path: str, value: Any, kind: type) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is bool and not isinstance(value, bool) or kind is not bool and isinstance(value, bool) \
+            or not isinstance(value, kind):
+        _fail(f"config key {path!r} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+    if path in CHOICES and value not in CHOICES[path]:
+        _fail(f"config key {path!r} must be one of {CHOICES[path]}, got {value!r}")
+    if kind in (int, float):
+        low, high = RANGES.get(path, (1 if kind is int else 0.0, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+            _fail(f"config key {path!r} must be {allowed}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(values, Mapping):
+        _fail(f"config section {prefix.rstrip('.') or 'top level'!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [field.name for field in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            _fail(f"unknown config key {prefix + str(key)!r}{hint}; allowed keys here: {', '.join(names)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = _build(kind, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_value(prefix + key, value, kind)
+    return cls(**kwargs)
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+    """A validated `Config` from a nested dict; missing keys take their defaults."""
+    return _build(Config, values)
+
+
+def _merge(base: dict, update: Mapping[str, Any]) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def preset_names() -> list[str]:
+    """The presets shipped in ``configs/`` (file names without ``.yaml``)."""
+    return sorted(name[:-5] for name in os.listdir(PRESET_DIR) if name.endswith(".yaml"))
+
+
+def read_yaml(path_or_preset: str) -> dict:
+    """The mapping in a preset's YAML file (by name, e.g. ``cheetah_run``, or by path)."""
+    path = path_or_preset
+    if not os.path.exists(path):
+        path = os.path.join(PRESET_DIR, f"{path_or_preset}.yaml")
+        if not os.path.exists(path):
+            _fail(f"unknown config {path_or_preset!r}: use a YAML path or one of {', '.join(preset_names())}")
+    with open(path) as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, Mapping):
+        _fail(f"config file {path} must hold a mapping, got {type(values).__name__}")
+    return values
+
+
+def parse_override(text: str) -> dict:
+    """``"planner.beta=1.0"`` -> ``{"planner": {"beta": 1.0}}`` (the value is parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        _fail(f"override {text!r} must look like section.key=value (e.g. planner.objective=optimistic)")
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(preset: str | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Defaults, then the preset (name or path; ``default`` is the defaults), then the overrides."""
+    values = to_dict(Config())
+    if preset is not None:
+        values = _merge(values, read_yaml(preset))
+    for override in overrides:
+        values = _merge(values, parse_override(override))
+    return from_dict(values)
+
+
+def differences(old: Config, new: Config) -> list[str]:
+    """Dotted keys whose values differ, as ``key: old -> new``."""
+
+    def flat(values, prefix=""):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key, value
+
+    old_flat, new_flat = dict(flat(to_dict(old))), dict(flat(to_dict(new)))
+    return [f"{key}: {old_flat[key]!r} -> {new_flat[key]!r}" for key in old_flat if old_flat[key] != new_flat[key]]
+
+
+def save_config(config: Config, path: str) -> None:
+    from bayes_planet.files import atomic_write
+
+    atomic_write(path, lambda handle: handle.write(yaml.safe_dump(to_dict(config), sort_keys=False).encode()))
