@@ -10,11 +10,11 @@ import numpy as np
 
 
 def _random(args: argparse.Namespace) -> int:
-    import imageio
     from tqdm import tqdm
 
     import envs
     from agents.rollout import random_policy, run_episode
+    from bayes_planet.viz import write_video
 
     env = envs.make(args.task, seed=args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -27,7 +27,7 @@ def _random(args: argparse.Namespace) -> int:
         returns.append(episode.total_reward)
         if index == 0 and np.asarray(episode.observations[0]).ndim == 3:
             path = os.path.join(args.out, "random_episode.gif")
-            imageio.mimsave(path, np.stack(episode.observations), duration=1000 / 30, loop=0)
+            write_video(path, episode.observations)
             print(f"video: {path}")
     print(f"random policy on {args.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} "
           f"over {len(returns)} episodes")
@@ -57,20 +57,12 @@ def _eval(args: argparse.Namespace) -> int:
     trainer = Trainer(args.logdir, None, progress=not args.no_progress)
     if trainer.params is None:
         raise ValueError(f"{args.logdir} has no checkpoint to evaluate yet")
-    returns = trainer.evaluate(args.episodes)
+    video = os.path.join(args.logdir, "eval_episode.mp4") if args.video else None
+    returns = trainer.evaluate(args.episodes, video)
     print(f"{trainer.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
           f"episodes (no exploration noise; {trainer.updates} updates, {trainer.env_steps} env steps)")
-    if args.video:
-        import imageio
-
-        from agents.rollout import run_episode
-        from agents.train import make_env
-
-        env = make_env(trainer.config)
-        episode = run_episode(env, trainer.agent.policy(trainer.params, trainer.key, 0.0), seed=args.episodes)
-        path = os.path.join(args.logdir, "eval_episode.mp4")
-        imageio.mimsave(path, np.stack(episode.observations), fps=30)
-        print(f"video: {path} (return {episode.total_reward:.1f})")
+    if video:
+        print(f"video of the first episode: {video}")
     return 0
 
 
@@ -93,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a run's latest checkpoint without exploration noise")
     evaluate.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
     evaluate.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
-    evaluate.add_argument("--video", action="store_true", help="also write eval_episode.mp4 of one episode")
+    evaluate.add_argument("--video", action="store_true",
+                          help="also write <logdir>/eval_episode.mp4 of the first episode")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate.set_defaults(run=_eval)
     random = commands.add_parser("random", help="roll out a uniform random policy; print its return, save a GIF")

@@ -7,6 +7,7 @@ A run directory holds:
   metrics.jsonl        one JSON record per line: train / episode / eval / random
   tensorboard/         the same scalars for TensorBoard
   learning_curve.png   returns against env steps, redrawn at each evaluation
+  videos/              the first evaluation episode of each evaluation, as MP4 (what the agent sees)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from bayes_planet.checkpoint import check_compatible, load_checkpoint, save_chec
 from bayes_planet.config import Config
 from bayes_planet.logger import Logger, read_metrics
 from bayes_planet.replay import Replay
-from bayes_planet.viz import plot_learning_curve
+from bayes_planet.viz import plot_learning_curve, write_video
 from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 
 BATCH_KEYS = ("observation", "action", "reward")
@@ -118,7 +119,8 @@ class Trainer:
 
     @property
     def env_steps(self) -> int:
-        return self.replay.num_steps * self.action_repeat
+        """Environment steps taken so far: agent steps (frames after each reset) x action repeat."""
+        return (self.replay.num_steps - len(self.replay)) * self.action_repeat
 
     # ------------------------------------------------------------------------------------ phases
     def _rollout(self, policy, seed: int, description: str, env=None):
@@ -169,19 +171,24 @@ class Trainer:
                                                        "seconds": seconds})
         return episode.total_reward
 
-    def evaluate(self, episodes: int) -> list[float]:
-        """Returns of `episodes` episodes without exploration noise (a separate env instance)."""
+    def evaluate(self, episodes: int, video: str | None = None) -> list[float]:
+        """Returns of `episodes` episodes without exploration noise (a separate env instance); the first
+        episode's frames go to the `video` path when given."""
         env = make_env(self.config)
         returns = []
         for index in range(episodes):
             key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET), index)
             seed = EVAL_SEED_OFFSET + episode_seed(self.config, index)
-            returns.append(self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env)
-                           .total_reward)
+            episode = self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env)
+            returns.append(episode.total_reward)
+            if video and index == 0 and self.config.model.observation == "pixels":
+                write_video(video, episode.observations)
         return returns
 
     def evaluate_and_report(self) -> float:
-        returns = self.evaluate(self.config.train.eval_episodes)
+        video = os.path.join(self.logdir, "videos", f"eval-{self.env_steps:08d}.mp4")
+        os.makedirs(os.path.dirname(video), exist_ok=True)
+        returns = self.evaluate(self.config.train.eval_episodes, video)
         self.logger.write("eval", self.env_steps, {"return": np.mean(returns), "return_std": np.std(returns),
                                                     "return_min": np.min(returns), "return_max": np.max(returns)})
         self.plot()

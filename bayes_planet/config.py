@@ -148,7 +148,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     for key, value in values.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
             _fail(f"unknown config key {prefix + str(key)!r}{hint}; allowed keys here: {', '.join(names)}")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):

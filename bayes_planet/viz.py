@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 
 from bayes_planet.files import atomic_write
@@ -36,3 +37,17 @@ def plot_learning_curve(records: Sequence[dict], path: str, title: str = "", ran
     figure.savefig(buffer, format="png")
     plt.close(figure)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def write_video(path: str, frames, fps: int = 30) -> None:
+    """Write uint8 frames ``[T, H, W, 3]`` as a video (``.mp4``) or an animated ``.gif``, atomically."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    frames = np.asarray(frames, np.uint8)
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".gif":
+        data = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+    else:
+        data = iio.imwrite("<bytes>", frames, extension=extension, fps=fps, macro_block_size=1)
+    atomic_write(path, lambda handle: handle.write(data))
