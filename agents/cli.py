@@ -49,20 +49,79 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _trained(logdir: str, progress: bool = True):
     from agents.train import Trainer
 
-    if args.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
-    trainer = Trainer(args.logdir, None, progress=not args.no_progress)
+    if not os.path.exists(os.path.join(logdir, "config.yaml")):
+        raise ValueError(f"{logdir} holds no run (no config.yaml)")
+    trainer = Trainer(logdir, None, progress=progress)
     if trainer.params is None:
-        raise ValueError(f"{args.logdir} has no checkpoint to evaluate yet")
+        raise ValueError(f"{logdir} has no checkpoint yet")
+    return trainer
+
+
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from agents.train import episode_return
+
+    _positive(args, "episodes")
+    trainer = _trained(args.logdir, not args.no_progress)
     video = os.path.join(args.logdir, "eval_episode.mp4") if args.video else None
-    returns = trainer.evaluate(args.episodes, video)
+    returns = [episode_return(e) for e in trainer.evaluate(args.episodes, video)]
     print(f"{trainer.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
           f"episodes (no exploration noise; {trainer.updates} updates, {trainer.env_steps} env steps)")
     if video:
         print(f"video of the first episode: {video}")
+    return 0
+
+
+def _openloop(args: argparse.Namespace) -> int:
+    from agents.reports import write_open_loop
+
+    _positive(args, "episodes", "sequences", "context", "horizon")
+    trainer = _trained(args.logdir, not args.no_progress)
+    if trainer.config.model.observation != "pixels":
+        raise ValueError("open-loop videos need a pixel model (model.observation=pixels)")
+    paths = write_open_loop(trainer, trainer.held_out_episodes(args.episodes), os.path.join(args.logdir, "openloop"),
+                            "openloop", args.sequences, args.context, args.horizon, args.weight_samples)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from agents.reports import format_probe_table, probe_report, write_probe_report
+
+    _positive(args, "episodes", "test_episodes", "context", "horizon")
+    trainer = _trained(args.logdir, not args.no_progress)
+    rows, scatter = probe_report(trainer, trainer.held_out_episodes(args.episodes), args.test_episodes,
+                                 args.context, args.horizon)
+    print(format_probe_table(rows))
+    for kind, path in write_probe_report(rows, scatter, os.path.join(args.logdir, "probes")).items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from agents.reports import calibration_report, format_calibration_table, plot_reliability, write_json
+
+    _positive(args, "episodes", "horizon", "latent_samples")
+    tables = {}
+    for logdir in args.logdir:
+        trainer = _trained(logdir, not args.no_progress)
+        tables[logdir] = calibration_report(trainer, trainer.held_out_episodes(args.episodes), args.horizon,
+                                            args.weight_samples, args.latent_samples)
+    print(format_calibration_table(tables))
+    out = os.path.join(args.logdir[0], "calibration")
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, "calibration.json"), tables)
+    plot_reliability(tables, os.path.join(out, "reliability.png"))
+    print(f"json: {os.path.join(out, 'calibration.json')}\nplot: {os.path.join(out, 'reliability.png')}")
     return 0
 
 
@@ -95,6 +154,49 @@ def build_parser() -> argparse.ArgumentParser:
     random.add_argument("--seed", type=int, default=0, help="seed of the env and the policy")
     random.add_argument("--out", default="runs/random", help="folder for the GIF")
     random.set_defaults(run=_random)
+    openloop = commands.add_parser(
+        "openloop", help="videos of the model imagining ahead from a few filtered frames",
+        description="Filter --context frames of held-out episodes, imagine --horizon more with the true actions; "
+                    "write <logdir>/openloop/openloop.{gif,mp4,png} (rows: truth, prediction, error and, for a "
+                    "Bayesian model, the mean and per-pixel std over weight samples) and openloop-reward.png.")
+    openloop.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
+    openloop.add_argument("--episodes", type=int, default=2, help="held-out episodes to draw from (default 2; "
+                          "evaluated with the agent when <logdir>/held_out has fewer)")
+    openloop.add_argument("--sequences", type=int, default=4, help="sequences side by side (default 4)")
+    openloop.add_argument("--context", type=int, default=5, help="filtered frames (default 5)")
+    openloop.add_argument("--horizon", type=int, default=45, help="imagined frames (default 45)")
+    openloop.add_argument("--weight-samples", type=int, default=None,
+                          help="K weight samples (default: the planner's K for a Bayesian model, 0 otherwise)")
+    openloop.add_argument("--no-progress", action="store_true", help="no progress bars")
+    openloop.set_defaults(run=_openloop)
+    probe = commands.add_parser(
+        "probe", help="decode the true velocities from latent states: held-out R² table and scatter plot",
+        description="Ridge probes (strength by cross-validation over episodes) from latent features to every "
+                    "velocity dimension (and cheetah's speed), for posterior and open-loop features, for the "
+                    "trained model and a randomly initialized control; held-out R² per target. Writes "
+                    "<logdir>/probes/probes.{json,csv} and probes_scatter.png.")
+    probe.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
+    probe.add_argument("--episodes", type=int, default=6, help="agent episodes in all (default 6)")
+    probe.add_argument("--test-episodes", type=int, default=2, help="of which held out from the probe fit (default 2)")
+    probe.add_argument("--context", type=int, default=5, help="filtered frames before open-loop features")
+    probe.add_argument("--horizon", type=int, default=45, help="imagined steps per open-loop window")
+    probe.add_argument("--no-progress", action="store_true", help="no progress bars")
+    probe.set_defaults(run=_probe)
+    calibrate = commands.add_parser(
+        "calibrate", help="calibration of open-loop reward predictions: NLL and interval coverage per horizon",
+        description="For open-loop predicted rewards at horizons 1..--horizon on held-out episodes: the NLL of the "
+                    "predictive mixture (weight samples x latent samples, unit-variance reward likelihood) and the "
+                    "coverage of its central 50%% and 90%% intervals against nominal. Several --logdir (say a "
+                    "Bayesian and a deterministic run) are reported side by side; files go to the first one's "
+                    "calibration/.")
+    calibrate.add_argument("--logdir", required=True, action="append", help="run directory (repeatable)")
+    calibrate.add_argument("--episodes", type=int, default=4, help="held-out episodes (default 4)")
+    calibrate.add_argument("--horizon", type=int, default=12, help="open-loop steps (default 12)")
+    calibrate.add_argument("--weight-samples", type=int, default=None,
+                           help="K weight samples (default: the planner's K for a Bayesian model, 0 otherwise)")
+    calibrate.add_argument("--latent-samples", type=int, default=4, help="latent noise draws per weight sample")
+    calibrate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    calibrate.set_defaults(run=_calibrate)
     return parser
 
 

@@ -8,6 +8,8 @@ A run directory holds:
   tensorboard/         the same scalars for TensorBoard
   learning_curve.png   returns against env steps, redrawn at each evaluation
   videos/              the first evaluation episode of each evaluation, as MP4 (what the agent sees)
+  held_out/            the evaluation episodes (never trained on), for the reports below
+  openloop/            open-loop predictions at each evaluation: GIF, MP4, PNG strip, reward plot
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def prepare_run(logdir: str, config: Config | None) -> Config:
     return config
 
 
+def episode_return(episode: dict[str, np.ndarray]) -> float:
+    """Sum of an episode's rewards (`Episode.arrays` pads a zero reward before the first step)."""
+    return float(np.sum(episode["reward"]))
+
+
 def episode_seed(config: Config, index: int) -> int:
     return config.seed * 100_003 + index
 
@@ -85,6 +92,7 @@ class Trainer:
         self.train_step = make_train_step(self.model, self.optimizer)
         self.agent = PlanetAgent.from_config(self.model, c)
         self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)
+        self.held_out = Replay(os.path.join(logdir, "held_out"), max_in_memory=8)
         self.logger = Logger(logdir)
         self.checkpoint_path = os.path.join(logdir, "checkpoint.pkl")
         self.params = self.opt_state = None
@@ -98,17 +106,19 @@ class Trainer:
         saved = load_checkpoint(self.checkpoint_path)
         if saved is None:
             return
-        self._initialize()
-        check_compatible(saved["params"], self.params, f"checkpoint {self.checkpoint_path}")
+        expected = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self._example_batch())  # no compile
+        check_compatible(saved["params"], expected, f"checkpoint {self.checkpoint_path}")
         self.params, self.opt_state, self.updates = saved["params"], saved["opt_state"], int(saved["updates"])
         self.key = saved["key"]
         self.sampler.bit_generator.state = saved["sampler"]
 
+    def _example_batch(self) -> dict[str, np.ndarray]:
+        return {k: v[:1, :2] for k, v in self.replay.sample(1, 2, np.random.default_rng(0)).items()
+                if k in BATCH_KEYS}
+
     def _initialize(self) -> None:
-        example = {k: v[:1, :2] for k, v in self.replay.sample(1, 2, np.random.default_rng(0)).items()
-                   if k in BATCH_KEYS}
         self.key, key_init = jax.random.split(self.key)
-        self.params = self.model.init(key_init, example)
+        self.params = self.model.init(key_init, self._example_batch())
         self.opt_state = self.optimizer.init(self.params)
 
     def save(self) -> None:
@@ -171,27 +181,42 @@ class Trainer:
                                                        "seconds": seconds})
         return episode.total_reward
 
-    def evaluate(self, episodes: int, video: str | None = None) -> list[float]:
-        """Returns of `episodes` episodes without exploration noise (a separate env instance); the first
-        episode's frames go to the `video` path when given."""
+    def evaluate(self, episodes: int, video: str | None = None) -> list[dict[str, np.ndarray]]:
+        """Run `episodes` episodes without exploration noise (a separate env instance) and keep them in
+        ``held_out/`` (never trained on; the open-loop, probe and calibration reports read them). Returns the
+        episodes as arrays (``reward[1:].sum()`` is the return); the first one's frames go to `video`."""
         env = make_env(self.config)
-        returns = []
+        collected = []
         for index in range(episodes):
-            key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET), index)
-            seed = EVAL_SEED_OFFSET + episode_seed(self.config, index)
+            number = len(self.held_out)  # every held-out episode gets its own env seed and planner key
+            key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET), number)
+            seed = EVAL_SEED_OFFSET + episode_seed(self.config, number)
             episode = self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env)
-            returns.append(episode.total_reward)
             if video and index == 0 and self.config.model.observation == "pixels":
                 write_video(video, episode.observations)
-        return returns
+            arrays = episode.arrays()
+            self.held_out.add(arrays)
+            collected.append(arrays)
+        return collected
+
+    def held_out_episodes(self, count: int) -> list[dict[str, np.ndarray]]:
+        """The `count` latest held-out episodes of the agent, evaluating more first when there are fewer."""
+        if len(self.held_out) < count:
+            self.evaluate(count - len(self.held_out))
+        return [self.held_out.episode(i) for i in range(len(self.held_out) - count, len(self.held_out))]
 
     def evaluate_and_report(self) -> float:
-        video = os.path.join(self.logdir, "videos", f"eval-{self.env_steps:08d}.mp4")
+        name = f"{self.env_steps:08d}"
+        video = os.path.join(self.logdir, "videos", f"eval-{name}.mp4")
         os.makedirs(os.path.dirname(video), exist_ok=True)
-        returns = self.evaluate(self.config.train.eval_episodes, video)
+        episodes = self.evaluate(self.config.train.eval_episodes, video)
+        returns = [episode_return(e) for e in episodes]
         self.logger.write("eval", self.env_steps, {"return": np.mean(returns), "return_std": np.std(returns),
                                                     "return_min": np.min(returns), "return_max": np.max(returns)})
         self.plot()
+        if self.config.model.observation == "pixels":
+            from agents.reports import write_open_loop
+            write_open_loop(self, episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
         return float(np.mean(returns))
 
     def random_return(self) -> float:

@@ -8,6 +8,7 @@ are dicts: ``observation`` ``[B, T, 64, 64, 3]`` uint8 (or ``[B, T, D]`` float s
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import haiku as hk
@@ -219,6 +220,14 @@ class WorldModel:
     def reward(self, params: hk.Params, latents: RSSMState) -> jax.Array:
         """Mean predicted reward ``[...]`` of latent states."""
         return self._fns.apply[5](params, None, latents.features)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def filter_sequences(model: WorldModel, params: hk.Params, key: jax.Array, observation: jax.Array,
+                     action: jax.Array) -> RSSMState:
+    """Posterior states ``[B, T, ...]`` of whole sequences from the zero state (observation ``[B, T, ...]``,
+    action ``[B, T, A]``; mean transition weights), jit-compiled once per model and shapes."""
+    return model.observe(params, key, model.initial_state(action.shape[0]), observation, action)
 
 
 def make_optimizer(learning_rate: float = 1e-3, eps: float = 1e-4, grad_clip: float = 1000.0,

@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from agents.cli import main
 from agents.train import Trainer
 from bayes_planet.config import load_config
 
@@ -31,12 +33,22 @@ def _records(logdir, kind):
         return [r for r in map(json.loads, handle) if r["kind"] == kind]
 
 
-def test_training_run_writes_its_run_directory(tmp_path):
-    logdir = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """2 random episodes, 3 updates, 1 collected episode, 1 evaluation: about a minute."""
+    logdir = str(tmp_path_factory.mktemp("tiny") / "run")
     config = load_config("default", TINY_RUN + [f"train.env_steps={3 * EPISODE_ENV_STEPS}"])
-    result = Trainer(logdir, config, progress=False).run()
+    return logdir, Trainer(logdir, config, progress=False).run()
+
+
+def test_training_run_writes_its_run_directory(tiny_run):
+    logdir, result = tiny_run
     for name in ("config.yaml", "checkpoint.pkl", "metrics.jsonl", "learning_curve.png", "tensorboard"):
         assert os.path.exists(os.path.join(logdir, name)), name
+    assert os.listdir(os.path.join(logdir, "videos")) == [f"eval-{3 * EPISODE_ENV_STEPS:08d}.mp4"]
+    assert len(os.listdir(os.path.join(logdir, "held_out"))) == 1  # the evaluation episode, never trained on
+    openloop = sorted(os.listdir(os.path.join(logdir, "openloop")))
+    assert openloop == [f"openloop-{3 * EPISODE_ENV_STEPS:08d}{s}" for s in ("-reward.png", ".gif", ".mp4", ".png")]
     episodes = sorted(os.listdir(os.path.join(logdir, "episodes")))
     assert len(episodes) == 3 and all(e.endswith(".npz") for e in episodes)  # 2 random + 1 collected
     with np.load(os.path.join(logdir, "episodes", episodes[-1])) as data:
@@ -81,3 +93,35 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path)
     # a different config on the same run directory is refused, naming the option
     refused = subprocess.run(_cli(logdir, *overrides, "--set", "planner.horizon=5"), capture_output=True, text=True)
     assert refused.returncode == 2 and "planner.horizon: 4 -> 5" in refused.stderr
+
+
+def test_report_commands_on_a_trained_run(tiny_run, capsys):
+    logdir, _ = tiny_run
+    common = ["--logdir", logdir, "--no-progress"]
+    assert main(["openloop", *common, "--episodes", "1", "--sequences", "2", "--horizon", "20"]) == 0
+    frames = iio.imread(os.path.join(logdir, "openloop", "openloop.gif"))
+    assert frames.shape[0] == 25 and frames.shape[2] == 2 * 66  # 5 context + 20 imagined; 2 sequences
+    assert frames.shape[1] == 5 * 66  # truth, prediction, error, mean and std over 2 weight samples
+
+    assert main(["probe", *common, "--episodes", "3", "--test-episodes", "1", "--horizon", "20"]) == 0
+    assert len(os.listdir(os.path.join(logdir, "held_out"))) == 3  # two more agent episodes evaluated
+    with open(os.path.join(logdir, "probes", "probes.json")) as handle:
+        rows = json.load(handle)
+    assert {(r["model"], r["features"]) for r in rows} == {
+        (m, f) for m in ("trained", "random init") for f in ("posterior", "open loop")}
+    assert {r["target"] for r in rows} == {"velocity[0]", "velocity[1]", "overall (mean)"}  # cart and pole
+    assert all(np.isfinite(r["r2"]) and r["r2"] <= 1 for r in rows)
+    assert "held-out R²" in capsys.readouterr().out
+    assert os.path.exists(os.path.join(logdir, "probes", "probes_scatter.png"))
+
+    assert main(["calibrate", *common, "--episodes", "2", "--latent-samples", "2"]) == 0
+    with open(os.path.join(logdir, "calibration", "calibration.json")) as handle:
+        (table,) = json.load(handle).values()
+    assert table["horizon"] == list(range(1, 13)) and table["weight_samples"] == 2
+    assert all(0 <= c <= 1 for c in table["coverage_50"] + table["coverage_90"])
+    assert "cover 90%" in capsys.readouterr().out
+
+    assert main(["probe", *common, "--episodes", "3", "--test-episodes", "3"]) == 2
+    assert "test_episodes must be in [1, 2] with 3 episodes, got 3" in capsys.readouterr().err
+    assert main(["openloop", "--logdir", os.path.join(logdir, "missing")]) == 2
+    assert "holds no run" in capsys.readouterr().err

@@ -1,6 +1,5 @@
 """The Bayesian RSSM world model: API shapes, weight samples along trajectories, gradients, learning."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +7,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from bayes_planet.replay import Replay
 from bayes_planet.world_model import (
     WorldModel,
-    make_optimizer,
-    make_train_step,
     pixels_to_uint8,
     preprocess_pixels,
 )
@@ -140,28 +136,7 @@ def test_pixel_preprocessing_is_5_bit_with_dequantization_noise():
 
 
 # ------------------------------------------------------------------------------- learning on real data
-STEPS, BATCH, LENGTH = 1000, 6, 12
 CONTEXT, HORIZON = 5, 10
-
-
-@pytest.fixture(scope="module")
-def trained_on_cartpole(cartpole_episodes, tmp_path_factory):
-    """A tiny pixel model trained for STEPS updates on 3 random cartpole-swingup episodes (the 4th is held out).
-    About 2.5 minutes on 2 CPU cores."""
-    replay = Replay(str(tmp_path_factory.mktemp("replay")))
-    for episode in cartpole_episodes[:3]:
-        replay.add(episode)
-    model = WorldModel(tiny_config(), 1)
-    rng = np.random.default_rng(int(os.environ.get("BAYES_PLANET_TEST_SEED", 0)))
-    params = model.init(KEY, replay.sample(BATCH, LENGTH, rng))
-    optimizer = make_optimizer(3e-3)
-    opt_state, step = optimizer.init(params), make_train_step(model, optimizer)
-    history = []
-    for i in range(STEPS):
-        batch = replay.sample(BATCH, LENGTH, rng)
-        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(i), batch)
-        history.append({k: float(v) for k, v in metrics.items()})
-    return model, params, history
 
 
 def _mean(history, key):

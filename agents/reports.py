@@ -1,0 +1,196 @@
+"""Reports on a trained run: open-loop predictions, latent velocity probes, reward calibration.
+
+Each takes a `Trainer` (a run directory with a checkpoint) and held-out episodes as arrays, computes with the
+pure functions of `bayes_planet.openloop` / `probes` / `calibration`, and writes files next to the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import jax
+import numpy as np
+
+from bayes_planet import calibration, probes
+from bayes_planet.files import atomic_write
+from bayes_planet.openloop import open_loop
+from bayes_planet.viz import save_figure, write_open_loop_report
+
+
+def report_weight_samples(trainer, weight_samples: int | None = None) -> int:
+    """K for the reports: `weight_samples` when given, else the planner's K for a Bayesian model, 0 (mean
+    weights only) for a deterministic one."""
+    if weight_samples is not None:
+        return weight_samples
+    bayesian = trainer.config.model.transition != "deterministic"
+    return max(trainer.config.planner.weight_samples, 2) if bayesian else 0
+
+
+def windows(episodes: list[dict], count: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """`count` windows of `length` steps, window i from episode ``i % len(episodes)`` at a random start,
+    stacked ``[count, length, ...]`` for observation, action and reward."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for index in range(count):
+        episode = episodes[index % len(episodes)]
+        if len(episode["action"]) < length:
+            raise ValueError(f"episodes of {len(episode['action'])} steps are shorter than the {length} needed")
+        start = int(rng.integers(0, len(episode["action"]) - length + 1))
+        picked.append({k: episode[k][start:start + length] for k in ("observation", "action", "reward")})
+    return {k: np.stack([p[k] for p in picked]) for k in picked[0]}
+
+
+def write_json(path: str, payload) -> None:
+    atomic_write(path, lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
+
+
+# ------------------------------------------------------------------------------------------ open loop
+def write_open_loop(trainer, episodes: list[dict], directory: str, name: str = "openloop", sequences: int = 4,
+                    context: int = 5, horizon: int = 45, weight_samples: int | None = None) -> dict[str, str]:
+    """Open-loop report of `sequences` windows (`context` filtered + `horizon` imagined frames) from
+    `episodes`: GIF, MP4, PNG strip and reward plot under `directory`. Returns the paths."""
+    batch = windows(episodes, sequences, context + horizon)
+    key = jax.random.PRNGKey(trainer.config.seed)
+    result = open_loop(trainer.model, trainer.params, key, batch["observation"], batch["action"], batch["reward"],
+                       context, report_weight_samples(trainer, weight_samples))
+    return write_open_loop_report(result, directory, name)
+
+
+# ------------------------------------------------------------------------------------------ probes
+def probe_report(trainer, episodes: list[dict], test_episodes: int = 2, context: int = 5,
+                 horizon: int = 45) -> tuple[list[dict], dict]:
+    """Ridge probes from latent features to the true velocities, split by episode (the last `test_episodes`
+    are held out), for the trained model and for a randomly initialized one (the control), with features
+    from posterior filtering and from open-loop imagination. Rows: model, features, target, r2, strength;
+    plus the held-out predictions of the trained model's posterior probe under key ``"scatter"``."""
+    if not 1 <= test_episodes < len(episodes):
+        raise ValueError(f"test_episodes must be in [1, {len(episodes) - 1}] with {len(episodes)} episodes, "
+                         f"got {test_episodes}")
+    length = min(len(e["action"]) for e in episodes)
+    stack = lambda name: np.stack([e[name][:length] for e in episodes])
+    observation, action = stack("observation"), stack("action")
+    targets, names = zip(*(probes.probe_targets({k: v[:length] for k, v in e.items()}) for e in episodes), strict=True)
+    targets, names = np.stack(targets), names[0]  # [E, T, D]
+    key = jax.random.PRNGKey(trainer.config.seed)
+    untrained = trainer.model.init(jax.random.PRNGKey(trainer.config.seed + 1),
+                                   {"observation": observation[:1, :2], "action": action[:1, :2],
+                                    "reward": stack("reward")[:1, :2]})
+    rows, scatter = [], None
+    split = len(episodes) - test_episodes
+    for model_name, params in (("trained", trainer.params), ("random init", untrained)):
+        features = {"posterior": (probes.posterior_features(trainer.model, params, key, observation, action),
+                                  np.arange(length))}
+        features["open loop"] = probes.open_loop_features(trainer.model, params, key, observation, action,
+                                                          context, horizon)
+        for feature_name, (values, steps) in features.items():
+            y = targets[:, steps]
+            groups = np.repeat(np.arange(split), len(steps))
+            fitted = probes.probe_r2(values[:split].reshape(-1, values.shape[-1]), y[:split].reshape(-1, y.shape[-1]),
+                                     groups, values[split:].reshape(-1, values.shape[-1]),
+                                     y[split:].reshape(-1, y.shape[-1]))
+            for name, r2 in zip([*names, "overall (mean)"], [*fitted["r2"], fitted["overall"]], strict=True):
+                rows.append({"model": model_name, "features": feature_name, "target": name, "r2": float(r2),
+                             "strength": fitted["strength"]})
+            if model_name == "trained" and feature_name == "posterior":
+                scatter = {"names": list(names), "true": y[split:].reshape(-1, y.shape[-1]),
+                           "predicted": fitted["prediction"]}
+    return rows, scatter
+
+
+def format_probe_table(rows: list[dict]) -> str:
+    """Held-out R² as a text table: one line per target, one column per (model, features)."""
+    columns = list(dict.fromkeys((r["model"], r["features"]) for r in rows))
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    value = {(r["model"], r["features"], r["target"]): r["r2"] for r in rows}
+    header = f"{'held-out R²':<16}" + "".join(f"{m + ', ' + f:>24}" for m, f in columns)
+    lines = [header] + [f"{t:<16}" + "".join(f"{value[(m, f, t)]:>24.3f}" for m, f in columns) for t in targets]
+    return "\n".join(lines)
+
+
+def write_probe_report(rows: list[dict], scatter: dict, directory: str) -> dict[str, str]:
+    """probes.json, probes.csv and probes_scatter.png (true vs predicted per target, trained model's
+    posterior features, held-out episodes) under `directory`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(directory, exist_ok=True)
+    paths = {kind: os.path.join(directory, name) for kind, name in
+             (("json", "probes.json"), ("csv", "probes.csv"), ("scatter", "probes_scatter.png"))}
+    write_json(paths["json"], rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(paths["csv"], lambda handle: handle.write(buffer.getvalue().encode()))
+    count = len(scatter["names"])
+    columns = min(count, 5)
+    figure, axes = plt.subplots((count + columns - 1) // columns, columns, figsize=(2.6 * columns, 2.6 * (
+        (count + columns - 1) // columns)), dpi=100, squeeze=False)
+    for index, axis in enumerate(axes.ravel()):
+        if index >= count:
+            axis.axis("off")
+            continue
+        true, predicted = scatter["true"][:, index], scatter["predicted"][:, index]
+        axis.plot(true, predicted, ".", markersize=2, alpha=0.4)
+        low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+        axis.plot([low, high], [low, high], "k--", linewidth=0.8)
+        axis.set_title(scatter["names"][index], fontsize=9)
+        axis.set_xlabel("true", fontsize=8)
+        axis.set_ylabel("predicted", fontsize=8)
+    save_figure(figure, paths["scatter"])
+    return paths
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def calibration_report(trainer, episodes: list[dict], horizon: int = 12, weight_samples: int | None = None,
+                       latent_samples: int = 4, stride: int = 10) -> dict:
+    """Open-loop reward calibration at horizons 1..`horizon` over `episodes` (see `bayes_planet.calibration`)."""
+    length = min(len(e["action"]) for e in episodes)
+    stack = lambda name: np.stack([e[name][:length] for e in episodes])
+    k = report_weight_samples(trainer, weight_samples)
+    means, truth = calibration.open_loop_reward_samples(
+        trainer.model, trainer.params, jax.random.PRNGKey(trainer.config.seed), stack("observation"),
+        stack("action"), stack("reward"), horizon, k, latent_samples, stride)
+    table = calibration.calibration_table(means, truth)
+    table.update(weight_samples=k, latent_samples=latent_samples, predictions=int(truth.size),
+                 transition=trainer.config.model.transition,
+                 verdict_50=calibration.verdict(float(np.mean(table["coverage_50"])), 0.5),
+                 verdict_90=calibration.verdict(float(np.mean(table["coverage_90"])), 0.9))
+    return table
+
+
+def format_calibration_table(tables: dict[str, dict]) -> str:
+    """Text table, one block per run: NLL and 50% / 90% coverage per horizon step."""
+    lines = []
+    for run, table in tables.items():
+        lines.append(f"{run} ({table['transition']}, K={table['weight_samples']} weight x "
+                     f"{table['latent_samples']} latent samples, {table['predictions']} predictions): "
+                     f"50% intervals {table['verdict_50']}, 90% intervals {table['verdict_90']}")
+        lines.append(f"  {'horizon':>7} {'NLL':>8} {'cover 50%':>10} {'cover 90%':>10}")
+        columns = (table["horizon"], table["nll"], table["coverage_50"], table["coverage_90"])
+        for h, nll, c50, c90 in zip(*columns, strict=True):
+            lines.append(f"  {h:>7} {nll:>8.3f} {c50:>10.2f} {c90:>10.2f}")
+    return "\n".join(lines)
+
+
+def plot_reliability(tables: dict[str, dict], path: str) -> None:
+    """Reliability diagram: observed against nominal coverage of central intervals, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4, 4), dpi=100)
+    axis.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="calibrated")
+    for run, table in tables.items():
+        axis.plot(table["levels"], table["reliability"], "o-", label=f"{run} ({table['transition']})")
+    axis.set_xlabel("nominal coverage of the central interval")
+    axis.set_ylabel("observed coverage")
+    axis.set_title("open-loop reward calibration")
+    axis.legend(loc="best", fontsize=7)
+    save_figure(figure, path)
