@@ -108,7 +108,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from agents.reports import calibration_report, format_calibration_table, plot_reliability, write_json
+    from agents.reports import calibration_report, format_calibration_table, write_calibration
 
     _positive(args, "episodes", "horizon", "latent_samples")
     tables = {}
@@ -117,11 +117,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         tables[logdir] = calibration_report(trainer, trainer.held_out_episodes(args.episodes), args.horizon,
                                             args.weight_samples, args.latent_samples)
     print(format_calibration_table(tables))
-    out = os.path.join(args.logdir[0], "calibration")
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "calibration.json"), tables)
-    plot_reliability(tables, os.path.join(out, "reliability.png"))
-    print(f"json: {os.path.join(out, 'calibration.json')}\nplot: {os.path.join(out, 'reliability.png')}")
+    for kind, path in write_calibration(tables, os.path.join(args.logdir[0], "calibration")).items():
+        print(f"{kind}: {path}")
     return 0
 
 

@@ -178,6 +178,15 @@ def format_calibration_table(tables: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def write_calibration(tables: dict[str, dict], directory: str) -> dict[str, str]:
+    """calibration.json and reliability.png under `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    paths = {"json": os.path.join(directory, "calibration.json"), "plot": os.path.join(directory, "reliability.png")}
+    write_json(paths["json"], tables)
+    plot_reliability(tables, paths["plot"])
+    return paths
+
+
 def plot_reliability(tables: dict[str, dict], path: str) -> None:
     """Reliability diagram: observed against nominal coverage of central intervals, one line per run."""
     import matplotlib

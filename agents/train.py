@@ -10,6 +10,8 @@ A run directory holds:
   videos/              the first evaluation episode of each evaluation, as MP4 (what the agent sees)
   held_out/            the evaluation episodes (never trained on), for the reports below
   openloop/            open-loop predictions at each evaluation: GIF, MP4, PNG strip, reward plot
+  calibration/         at the end: reward calibration of open-loop predictions (JSON, reliability plot)
+  probes/              at the end, with >= 3 held-out episodes: latent velocity probes (JSON, CSV, scatter)
 """
 
 from __future__ import annotations
@@ -219,6 +221,27 @@ class Trainer:
             write_open_loop(self, episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
         return float(np.mean(returns))
 
+    def write_final_reports(self, max_episodes: int = 6) -> None:
+        """Reward calibration of the final model on the latest held-out episodes (``calibration/``) and, with
+        at least 3 of them, latent velocity probes (``probes/``); summaries go to metrics.jsonl."""
+        from agents.reports import calibration_report, probe_report, write_calibration, write_probe_report
+
+        count = min(len(self.held_out), max_episodes)
+        if count == 0 or self.params is None:
+            return
+        episodes = [self.held_out.episode(i) for i in range(len(self.held_out) - count, len(self.held_out))]
+        table = calibration_report(self, episodes)
+        write_calibration({self.logdir: table}, os.path.join(self.logdir, "calibration"))
+        self.logger.write("calibration", self.env_steps, {
+            "coverage_50": float(np.mean(table["coverage_50"])), "coverage_90": float(np.mean(table["coverage_90"])),
+            "nll": float(np.mean(table["nll"]))})
+        if count >= 3 and any(k in episodes[0] for k in ("velocity", "speed")):
+            rows, scatter = probe_report(self, episodes, test_episodes=max(1, count // 3))
+            write_probe_report(rows, scatter, os.path.join(self.logdir, "probes"))
+            overall = {f"r2/{r['model']}/{r['features']}".replace(" ", "_"): r["r2"]
+                       for r in rows if r["target"] == "overall (mean)"}
+            self.logger.write("probe", self.env_steps, overall)
+
     def random_return(self) -> float:
         returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "random"]
         return float(np.mean(returns)) if returns else float("nan")
@@ -251,6 +274,7 @@ class Trainer:
                 tqdm.write(line)
         if last_eval is None and c.eval_episodes:
             last_eval = self.evaluate_and_report()
+        self.write_final_reports()
         self.logger.close()
         return {"eval_return": float("nan") if last_eval is None else last_eval, "random_return": self.random_return()}
 

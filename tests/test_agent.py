@@ -49,6 +49,9 @@ def test_training_run_writes_its_run_directory(tiny_run):
     assert len(os.listdir(os.path.join(logdir, "held_out"))) == 1  # the evaluation episode, never trained on
     openloop = sorted(os.listdir(os.path.join(logdir, "openloop")))
     assert openloop == [f"openloop-{3 * EPISODE_ENV_STEPS:08d}{s}" for s in ("-reward.png", ".gif", ".mp4", ".png")]
+    (calibration,) = _records(logdir, "calibration")  # the final reports: calibration on the held-out episode
+    assert 0 <= calibration["coverage_90"] <= 1 and np.isfinite(calibration["nll"])
+    assert os.path.exists(os.path.join(logdir, "calibration", "reliability.png"))
     episodes = sorted(os.listdir(os.path.join(logdir, "episodes")))
     assert len(episodes) == 3 and all(e.endswith(".npz") for e in episodes)  # 2 random + 1 collected
     with np.load(os.path.join(logdir, "episodes", episodes[-1])) as data:
