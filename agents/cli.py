@@ -35,14 +35,21 @@ def _random(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from agents.train import train
+    from agents.train import Diverged, Interrupted, train
     from bayes_planet.config import load_config
 
     fresh = args.config is not None or args.set
     config = load_config(args.config or "default", args.set) if fresh else None
     if config is None and not os.path.exists(os.path.join(args.logdir, "config.yaml")):
         config = load_config("default")
-    result = train(args.logdir, config, progress=not args.no_progress)
+    try:
+        result = train(args.logdir, config, progress=not args.no_progress)
+    except Interrupted as stop:
+        print(f"{args.logdir}: {stop}; checkpoint saved, rerun the same command to resume", file=sys.stderr)
+        return 128 + stop.signum
+    except Diverged as error:
+        print(f"bayes-planet: {error}", file=sys.stderr)
+        return 1
     print(f"{args.logdir}: evaluation return {result['eval_return']:.1f}; random policy return "
           f"{result['random_return']:.1f} (mean of the seed episodes, same task)")
     print(f"learning curve: {os.path.join(args.logdir, 'learning_curve.png')}")

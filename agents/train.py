@@ -16,7 +16,10 @@ A run directory holds:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import time
 
 import jax
@@ -29,13 +32,27 @@ from agents.rollout import random_policy, run_episode
 from bayes_planet import config as config_lib
 from bayes_planet.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from bayes_planet.config import Config
+from bayes_planet.files import remove_partial_files
 from bayes_planet.logger import Logger, read_metrics
 from bayes_planet.replay import Replay
 from bayes_planet.viz import plot_learning_curve, write_video
 from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 
+LOG = logging.getLogger(__name__)
 BATCH_KEYS = ("observation", "action", "reward")
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never share a seed with training episodes
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped `Trainer.run`; a checkpoint was written (``signum``: which)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class Diverged(RuntimeError):
+    """Too many consecutive non-finite updates (``train.max_nonfinite_updates``)."""
 
 
 def make_env(config: Config, seed: int | None = None):
@@ -63,6 +80,10 @@ def prepare_run(logdir: str, config: Config | None) -> Config:
     if config is None:
         raise ValueError(f"{logdir} holds no run (no config.yaml): start one with --config")
     try:
+        make_env(config).close()  # an unknown task fails here, before the run directory is written
+    except ValueError as error:
+        raise ValueError(f"config key 'env.task': {error}") from None
+    try:
         os.makedirs(logdir, exist_ok=True)
         config_lib.save_config(config, path)
     except OSError as error:
@@ -84,6 +105,7 @@ class Trainer:
 
     def __init__(self, logdir: str, config: Config | None = None, progress: bool = True):
         self.config = prepare_run(logdir, config)
+        remove_partial_files(logdir)  # a checkpoint or plot whose writer was killed
         self.logdir, self.progress = logdir, progress
         c = self.config
         self.env = make_env(c)
@@ -101,12 +123,17 @@ class Trainer:
         self.updates = 0
         self.key = jax.random.PRNGKey(c.seed)
         self.sampler = np.random.default_rng(c.seed)
+        self.nonfinite_streak = 0
+        self._signal: int | None = None  # set by SIGINT / SIGTERM while `run` is running
         self._restore()
 
     # ------------------------------------------------------------------------------------ state
     def _restore(self) -> None:
         saved = load_checkpoint(self.checkpoint_path)
         if saved is None:
+            if len(self.replay) > self.config.train.seed_episodes:
+                LOG.warning("no readable checkpoint in %s: the model starts from scratch on the %d episodes on disk",
+                            self.logdir, len(self.replay))
             return
         expected = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self._example_batch())  # no compile
         check_compatible(saved["params"], expected, f"checkpoint {self.checkpoint_path}")
@@ -115,8 +142,11 @@ class Trainer:
         self.sampler.bit_generator.state = saved["sampler"]
 
     def _example_batch(self) -> dict[str, np.ndarray]:
-        return {k: v[:1, :2] for k, v in self.replay.sample(1, 2, np.random.default_rng(0)).items()
-                if k in BATCH_KEYS}
+        """A zero batch ``[1, 2, ...]`` with the env's shapes and dtypes (for init; reads no episode)."""
+        space = self.env.observation_space
+        return {"observation": np.zeros((1, 2, *space.shape), space.dtype),
+                "action": np.zeros((1, 2, *self.env.action_space.shape), np.float32),
+                "reward": np.zeros((1, 2), np.float32)}
 
     def _initialize(self) -> None:
         self.key, key_init = jax.random.split(self.key)
@@ -140,6 +170,7 @@ class Trainer:
         total = getattr(env.unwrapped, "max_episode_steps", None)
         with tqdm(total=total, desc=description, leave=False, disable=not self.progress) as bar:
             def on_step(reward, totals=[0.0]):  # noqa: B006  (running return for the bar)
+                self._check_stop()
                 totals[0] += reward
                 bar.set_postfix(ret=f"{totals[0]:.1f}", refresh=False)
                 bar.update(1)
@@ -154,21 +185,41 @@ class Trainer:
             self.logger.write("random", self.env_steps, {"return": episode.total_reward})
 
     def train_phase(self) -> dict[str, float]:
+        """`train.train_steps` updates (fewer when a stop signal arrives). Updates with a non-finite loss or
+        gradient are skipped and counted; `train.max_nonfinite_updates` in a row raise `Diverged`."""
         c = self.config.train
-        history = []
+        history, skipped = [], 0
         with tqdm(range(c.train_steps), desc=f"train (update {self.updates})", leave=False,
                   disable=not self.progress) as bar:
             for _ in bar:
+                if self._signal is not None:
+                    break
                 batch = {k: v for k, v in self.replay.sample(c.batch_size, c.sequence_length, self.sampler).items()
                          if k in BATCH_KEYS}
                 self.key, key_step = jax.random.split(self.key)
                 self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, key_step, batch)
                 self.updates += 1
+                if float(metrics["nonfinite"]):
+                    skipped += 1
+                    self.nonfinite_streak += 1
+                    if self.nonfinite_streak >= c.max_nonfinite_updates:
+                        self.logger.write("train", self.env_steps, {"nonfinite_updates": skipped,
+                                                                     "updates": self.updates})
+                        self.save()
+                        raise Diverged(f"stopping: {self.nonfinite_streak} updates in a row had a non-finite loss "
+                                       f"or gradient (each was skipped; train.max_nonfinite_updates="
+                                       f"{c.max_nonfinite_updates}); the last finite model is in "
+                                       f"{self.checkpoint_path}")
+                    continue
+                self.nonfinite_streak = 0
                 history.append(metrics)
                 if len(history) % 10 == 0:
                     bar.set_postfix(loss=f"{float(metrics['loss']):.2f}", refresh=False)
-        means = {name: float(np.mean([float(m[name]) for m in history])) for name in history[0]}
-        self.logger.write("train", self.env_steps, dict(means, updates=self.updates))
+        means = {name: float(np.mean([float(m[name]) for m in history])) if history else float("nan")
+                 for name in (history[0] if history else ["loss"])}
+        if history or skipped:
+            self.logger.write("train", self.env_steps, dict(means, nonfinite_updates=skipped, updates=self.updates))
+        self._check_stop()
         return means
 
     def collect_episode(self) -> float:
@@ -251,8 +302,37 @@ class Trainer:
                             self.config.env.task, self.random_return())
 
     # ------------------------------------------------------------------------------------ loop
+    def _check_stop(self) -> None:
+        if self._signal is not None:
+            raise Interrupted(self._signal)
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """While inside: SIGINT and SIGTERM only set a flag; the loop stops at the next step or update."""
+        def request_stop(signum, frame):
+            self._signal = signum
+
+        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
     def run(self) -> dict[str, float]:
-        """Train until ``train.env_steps``; returns the last evaluation and the random policy's return."""
+        """Train until ``train.env_steps``; returns the last evaluation and the random policy's return.
+        SIGINT / SIGTERM stop it at the next env step or update with a checkpoint written (`Interrupted`)."""
+        with self._stop_on_signals():
+            try:
+                return self._run()
+            except Interrupted:
+                if self.params is not None:
+                    self.save()
+                raise
+            finally:
+                self.logger.close()
+
+    def _run(self) -> dict[str, float]:
         c = self.config.train
         self.collect_seed_episodes()
         if self.params is None:
@@ -275,7 +355,6 @@ class Trainer:
         if last_eval is None and c.eval_episodes:
             last_eval = self.evaluate_and_report()
         self.write_final_reports()
-        self.logger.close()
         return {"eval_return": float("nan") if last_eval is None else last_eval, "random_return": self.random_return()}
 
 
@@ -284,4 +363,4 @@ def train(logdir: str, config: Config | None = None, progress: bool = True) -> d
     return Trainer(logdir, config, progress).run()
 
 
-__all__ = ["Trainer", "make_env", "make_model", "prepare_run", "train"]
+__all__ = ["Diverged", "Interrupted", "Trainer", "make_env", "make_model", "prepare_run", "train"]

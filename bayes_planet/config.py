@@ -58,7 +58,8 @@ class TrainConfig:
     """PlaNet's loop: `seed_episodes` random episodes, then repeatedly `train_steps` updates on
     ``[batch_size, sequence_length]`` chunks and one collected episode, until `env_steps` env steps.
     Evaluation (no exploration noise) every `eval_every` collected episodes. replay_in_memory: how many
-    episodes the replay keeps loaded (0: all)."""
+    episodes the replay keeps loaded (0: all). max_nonfinite_updates: consecutive updates with a
+    non-finite loss or gradient (each one skipped) after which the run stops."""
 
     env_steps: int = 1_000_000
     seed_episodes: int = 5
@@ -73,6 +74,7 @@ class TrainConfig:
     eval_every: int = 10
     eval_episodes: int = 1
     replay_in_memory: int = 0
+    max_nonfinite_updates: int = 20
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,21 +2,39 @@
 
 File names are ``episode-<index:06d>-<length>.npz``. A file is written to a hidden temporary name in the
 same folder, flushed to disk and renamed, so a crash never leaves a partial ``.npz`` that loads. Episodes
-are loaded lazily on first use and kept in an LRU cache of at most `max_in_memory` episodes.
+are loaded lazily on first use and kept in an LRU cache of at most `max_in_memory` episodes. A file that
+cannot be read is set aside (renamed ``*.corrupt``) with one warning line, and the replay goes on without it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
 
-from bayes_planet.files import atomic_write
+from bayes_planet.files import atomic_write, remove_partial_files
 
+LOG = logging.getLogger(__name__)
 EPISODE_PATTERN = re.compile(r"^episode-(\d{6})-(\d+)\.npz$")
+
+
+class CorruptEpisode(Exception):
+    """An episode file that could not be read; the replay has set it aside."""
+
+
+def _unreadable(path: str) -> str | None:
+    """Why the ``.npz`` at `path` cannot be opened (a truncated file has no zip directory), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (OSError, zipfile.BadZipFile) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def write_episode_atomically(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -40,11 +58,20 @@ class Replay:
         self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self._paths: list[str] = []
         self._lengths: list[int] = []
+        self._next_index = 0
+        remove_partial_files(directory)  # left by a writer that was killed: never a complete episode
         for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
             match = EPISODE_PATTERN.match(name)
-            if match:
-                self._paths.append(os.path.join(directory, name))
-                self._lengths.append(int(match.group(2)))
+            if not match:
+                continue
+            self._next_index = max(self._next_index, int(match.group(1)) + 1)
+            problem = _unreadable(path)
+            if problem:
+                self._set_aside(path, problem)
+                continue
+            self._paths.append(path)
+            self._lengths.append(int(match.group(2)))
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -60,23 +87,35 @@ class Replay:
         if len(set(lengths.values())) != 1:
             raise ValueError(f"every array of an episode needs the same length, got {lengths}")
         length = next(iter(lengths.values()))
-        path = os.path.join(self.directory, f"episode-{len(self._paths):06d}-{length}.npz")
+        path = os.path.join(self.directory, f"episode-{self._next_index:06d}-{length}.npz")
         write_episode_atomically(path, episode)
+        self._next_index += 1
         self._paths.append(path)
         self._lengths.append(length)
         self._remember(path, {key: np.asarray(value) for key, value in episode.items()})
         return path
 
     def episode(self, index: int) -> dict[str, np.ndarray]:
-        """Episode `index` as a dict of arrays (loaded from disk if not cached)."""
+        """Episode `index` as a dict of arrays (loaded from disk if not cached). Raises `CorruptEpisode` (and
+        drops the episode) when its file cannot be read."""
         path = self._paths[index]
         if path in self._cache:
             self._cache.move_to_end(path)
             return self._cache[path]
-        with np.load(path) as data:
-            arrays = {key: data[key] for key in data.files}
+        try:
+            with np.load(path) as data:
+                arrays = {key: data[key] for key in data.files}
+        except Exception as error:  # a damaged archive: bad CRC, truncated member, ...
+            del self._paths[index], self._lengths[index]
+            self._set_aside(path, f"{type(error).__name__}: {error}")
+            raise CorruptEpisode(path) from error
         self._remember(path, arrays)
         return arrays
+
+    @staticmethod
+    def _set_aside(path: str, problem: str) -> None:
+        os.replace(path, path + ".corrupt")
+        LOG.warning("skipping corrupt episode file %s (%s); moved to %s.corrupt", path, problem, path)
 
     def _remember(self, path: str, arrays: dict[str, np.ndarray]) -> None:
         self._cache[path] = arrays
@@ -101,8 +140,9 @@ class Replay:
         offsets = chunk_ids - (boundaries[episode_ids] - starts_per_episode[episode_ids])
         chunks = []
         for episode_id, start in zip(episode_ids, offsets, strict=True):
-            episode = self.episode(int(episode_id))
+            try:
+                episode = self.episode(int(episode_id))
+            except CorruptEpisode:
+                return self.sample(batch_size, length, rng)  # the index changed: draw again without it
             chunks.append({key: value[start: start + length] for key, value in episode.items()})
         return {key: np.stack([chunk[key] for chunk in chunks]) for key in chunks[0]}
-
-

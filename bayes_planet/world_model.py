@@ -238,13 +238,20 @@ def make_optimizer(learning_rate: float = 1e-3, eps: float = 1e-4, grad_clip: fl
 
 
 def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation):
-    """A jit-compiled ``step(params, opt_state, key, batch) -> (params, opt_state, metrics)``."""
+    """A jit-compiled ``step(params, opt_state, key, batch) -> (params, opt_state, metrics)``.
+
+    An update whose loss or gradient is not finite is skipped (params and optimizer state come back
+    unchanged) and reported as ``metrics["nonfinite"] == 1``.
+    """
 
     @jax.jit
     def step(params, opt_state, key, batch):
-        (_, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-        return optax.apply_updates(params, updates), opt_state, metrics
+        (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        metrics = dict(metrics, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32))
+        return keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state), metrics
 
     return step
