@@ -1,17 +1,36 @@
 """Shared fixtures: real random episodes from dm_control, and tiny world-model sizes."""
 
 import os
+import tempfile
 
-import jax
-import numpy as np
-import pytest
+# Compiled XLA programs persist across the test session and its subprocesses (the kill-and-resume tests start
+# the same tiny run many times): compile once, then load. Set before JAX is imported.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"bayes-planet-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-import envs
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import envs  # noqa: E402
 from agents.rollout import random_policy, run_episode
 from bayes_planet.replay import Replay
 from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
 
 TINY = dict(cnn_depth=8, deter_size=32, stoch_size=8, hidden_size=32, reward_hidden=32, reward_layers=2)
+
+# A whole training run on real cartpole-swingup in about a minute: tiny networks and planner, 2 random episodes.
+TINY_RUN = [
+    "env.task=dmc:cartpole-swingup", "env.action_repeat=8",
+    "model.cnn_depth=4", "model.deter_size=16", "model.stoch_size=4", "model.hidden_size=16",
+    "model.reward_hidden=16", "model.reward_layers=1", "model.conv_chunk=0",
+    "planner.horizon=4", "planner.iterations=2", "planner.candidates=16", "planner.top_k=4",
+    "planner.weight_samples=2",
+    "train.seed_episodes=2", "train.train_steps=3", "train.batch_size=2", "train.sequence_length=8",
+    "train.eval_every=1", "train.eval_episodes=1",
+]
+EPISODE_ENV_STEPS = 1000
 
 
 def tiny_config(**overrides) -> ModelConfig:

@@ -11,21 +11,11 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from conftest import EPISODE_ENV_STEPS, TINY_RUN
 
 from agents.cli import main
 from agents.train import Trainer
 from bayes_planet.config import load_config
-
-TINY_RUN = [
-    "env.task=dmc:cartpole-swingup", "env.action_repeat=8",
-    "model.cnn_depth=4", "model.deter_size=16", "model.stoch_size=4", "model.hidden_size=16",
-    "model.reward_hidden=16", "model.reward_layers=1", "model.conv_chunk=0",
-    "planner.horizon=4", "planner.iterations=2", "planner.candidates=16", "planner.top_k=4",
-    "planner.weight_samples=2",
-    "train.seed_episodes=2", "train.train_steps=3", "train.batch_size=2", "train.sequence_length=8",
-    "train.eval_every=1", "train.eval_episodes=1",
-]
-EPISODE_ENV_STEPS = 1000
 
 
 def _records(logdir, kind):

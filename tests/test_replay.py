@@ -73,6 +73,7 @@ replay.Replay({str(tmp_path)!r}).add({{"reward": np.zeros(100000, np.float32)}})
     leftovers = os.listdir(tmp_path)
     assert leftovers and all(name.startswith(".tmp-") for name in leftovers)
     assert len(Replay(str(tmp_path))) == 0
+    assert os.listdir(tmp_path) == [], "reopening removes the killed writer's temporary file"
 
 
 def test_sampling_needs_long_enough_episodes(tmp_path):
