@@ -105,7 +105,6 @@ class Trainer:
 
     def __init__(self, logdir: str, config: Config | None = None, progress: bool = True):
         self.config = prepare_run(logdir, config)
-        remove_partial_files(logdir)  # a checkpoint or plot whose writer was killed
         self.logdir, self.progress = logdir, progress
         c = self.config
         self.env = make_env(c)
@@ -334,6 +333,8 @@ class Trainer:
 
     def _run(self) -> dict[str, float]:
         c = self.config.train
+        for folder in (self.logdir, self.replay.directory, self.held_out.directory):
+            remove_partial_files(folder)  # left by a killed run (only the training process may remove them)
         self.collect_seed_episodes()
         if self.params is None:
             self._initialize()

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from bayes_planet.files import atomic_write, remove_partial_files
+from bayes_planet.files import atomic_write
 
 LOG = logging.getLogger(__name__)
 EPISODE_PATTERN = re.compile(r"^episode-(\d{6})-(\d+)\.npz$")
@@ -59,7 +59,6 @@ class Replay:
         self._paths: list[str] = []
         self._lengths: list[int] = []
         self._next_index = 0
-        remove_partial_files(directory)  # left by a writer that was killed: never a complete episode
         for name in sorted(os.listdir(directory)):
             path = os.path.join(directory, name)
             match = EPISODE_PATTERN.match(name)

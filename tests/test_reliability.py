@@ -18,6 +18,7 @@ from agents.cli import main
 from agents.train import Trainer
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bayes_planet.config import load_config
+from bayes_planet.files import is_partial
 from bayes_planet.replay import Replay
 from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 
@@ -72,9 +73,9 @@ def test_sigkill_at_random_moments_then_rerun_continues_the_run(tmp_path):
         assert process.poll() is None, "the run ended before it could be killed"
         process.send_signal(signal.SIGKILL)
         process.wait()
-        files = _episode_files(logdir)
-        assert all(f.endswith(".npz") and not f.startswith(".") for f in files), files
-        replay = Replay(os.path.join(logdir, "episodes"))  # also removes a killed writer's temporary file
+        files = [f for f in _episode_files(logdir) if not is_partial(f)]  # hidden, never read, removed on rerun
+        assert all(f.endswith(".npz") for f in files), files
+        replay = Replay(os.path.join(logdir, "episodes"))
         for index in range(len(replay)):
             replay.episode(index)  # every episode on disk loads whole
         updates, episodes = _checkpoint_updates(logdir)
