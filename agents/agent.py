@@ -7,7 +7,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from bayes_planet import parallel
 from bayes_planet.config import Config
 from bayes_planet.objectives import make_objective
 from bayes_planet.planners import PLANNERS, Planner, world_model_scorer
@@ -41,18 +43,25 @@ class PlanetAgent:
     """
 
     def __init__(self, model: WorldModel, planner: Planner, objective: str = "mean", weight_samples: int = 4,
-                 beta: float = 1.0, alpha: float = 0.1, thompson_every: str = "plan"):
-        self.model, self.planner = model, planner
+                 beta: float = 1.0, alpha: float = 0.1, thompson_every: str = "plan", mesh: Mesh | None = None):
+        self.model, self.planner, self.mesh = model, planner, mesh
         self.objective = make_objective(objective, beta, alpha)
         # Thompson sampling rolls out one posterior sample; the other objectives use K of them
         self.weight_samples = 1 if objective == "thompson" else weight_samples
         self.hold_weights_for_episode = objective == "thompson" and thompson_every == "episode"
+        if mesh is not None:
+            parallel.check_divisible(planner.candidates * max(1, self.weight_samples), mesh,
+                                     "planner.candidates x planner.weight_samples")
         self._step = jax.jit(self._step_fn)
 
     @classmethod
     def from_config(cls, model: WorldModel, config: Config) -> PlanetAgent:
+        """The agent ``config.planner`` describes; with ``parallel.candidates`` its rollouts are split over
+        this process's devices."""
         c = config.planner
-        return cls(model, make_planner(config), c.objective, c.weight_samples, c.beta, c.alpha, c.thompson_every)
+        mesh = parallel.device_mesh(jax.local_devices()) if config.parallel.candidates else None
+        return cls(model, make_planner(config), c.objective, c.weight_samples, c.beta, c.alpha, c.thompson_every,
+                   mesh)
 
     def reset(self, key: jax.Array) -> AgentState:
         """The state at the start of an episode; `key` draws the episode's weight sample."""
@@ -65,7 +74,8 @@ class PlanetAgent:
         key_filter, key_plan, key_weights, key_noise = jax.random.split(key, 4)
         latent = self.model.observe(params, key_filter, state.latent, observation[None], state.action)
         weights_key = state.weights_key if self.hold_weights_for_episode else key_weights
-        score = world_model_scorer(self.model, params, weights_key, self.objective, self.weight_samples)
+        score = world_model_scorer(self.model, params, weights_key, self.objective, self.weight_samples,
+                                   self.mesh)
         action, plan = self.planner(key_plan, score, latent, state.plan)
         action = jnp.clip(action + noise_std * jax.random.normal(key_noise, action.shape), -1.0, 1.0)
         return action, AgentState(latent, action[None], plan, state.weights_key)

@@ -30,6 +30,7 @@ import envs
 from agents.agent import PlanetAgent
 from agents.rollout import random_policy, run_episode
 from bayes_planet import config as config_lib
+from bayes_planet import parallel
 from bayes_planet.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from bayes_planet.config import Config
 from bayes_planet.files import remove_partial_files
@@ -107,12 +108,17 @@ class Trainer:
         self.config = prepare_run(logdir, config)
         self.logdir, self.progress = logdir, progress
         c = self.config
+        if c.parallel.distributed:
+            jax.distributed.initialize()  # before anything touches a device
+        self.mesh = parallel.device_mesh() if c.parallel.data else None
+        if self.mesh is not None:
+            parallel.check_divisible(c.train.batch_size, self.mesh, "train.batch_size")
         self.env = make_env(c)
         self.action_repeat = self.env.unwrapped.action_repeat if hasattr(self.env.unwrapped, "action_repeat") else 1
         self.model = make_model(c, self.env)
         self.optimizer = make_optimizer(c.train.learning_rate, c.train.adam_eps, c.train.grad_clip,
                                         c.train.warmup_steps)
-        self.train_step = make_train_step(self.model, self.optimizer)
+        self.train_step = make_train_step(self.model, self.optimizer, self.mesh)
         self.agent = PlanetAgent.from_config(self.model, c)
         self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)
         self.held_out = Replay(os.path.join(logdir, "held_out"), max_in_memory=8)
@@ -193,8 +199,11 @@ class Trainer:
             for _ in bar:
                 if self._signal is not None:
                     break
-                batch = {k: v for k, v in self.replay.sample(c.batch_size, c.sequence_length, self.sampler).items()
+                batch = {k: v for k, v in self.replay.sample(c.batch_size // jax.process_count(),
+                                                              c.sequence_length, self.sampler).items()
                          if k in BATCH_KEYS}
+                if self.mesh is not None:
+                    batch = parallel.shard_batch(batch, self.mesh)
                 self.key, key_step = jax.random.split(self.key)
                 self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, key_step, batch)
                 self.updates += 1

@@ -78,12 +78,25 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """Sharding over JAX devices (`bayes_planet.parallel`). data: split each training batch over all
+    devices (params replicated; the same update as on one device). candidates: split the planner's
+    rollouts over this process's devices. distributed: call `jax.distributed.initialize()` first, so that
+    `data` spans every host (each host then samples its share of `train.batch_size`)."""
+
+    data: bool = False
+    candidates: bool = False
+    distributed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     seed: int = 0
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 # what values are allowed, beyond the types: one table

@@ -134,7 +134,7 @@ class ConvEncoder(hk.Module):
     parameters and function); `chunk`: frames per checkpointed chunk for the fast engine (0: no chunks).
     """
 
-    def __init__(self, depth: int = 32, engine: str = "fast", chunk: int = 192, name: str | None = None):
+    def __init__(self, depth: int = 32, engine: str = "fast", chunk: int = 32, name: str | None = None):
         super().__init__(name=name)
         _check_engine(engine)
         self.depth, self.engine, self.chunk = depth, engine, chunk
@@ -166,7 +166,7 @@ class ConvDecoder(hk.Module):
     Gaussian over pixels. `engine` and `chunk` as in `ConvEncoder`."""
 
     def __init__(self, depth: int = 32, embed_size: int | None = None, channels: int = 3,
-                 engine: str = "fast", chunk: int = 192, name: str | None = None):
+                 engine: str = "fast", chunk: int = 32, name: str | None = None):
         super().__init__(name=name)
         _check_engine(engine)
         self.depth = depth

@@ -15,8 +15,9 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
-from bayes_planet import bayes
+from bayes_planet import bayes, parallel
 from bayes_planet.bayes import Weights
 from bayes_planet.distributions import unit_gaussian_nll
 from bayes_planet.networks import ConvDecoder, ConvEncoder, reward_head, vector_decoder, vector_encoder
@@ -41,7 +42,7 @@ class ModelConfig:
     observation: str = "pixels"
     cnn_depth: int = 32
     conv_engine: str = "fast"
-    conv_chunk: int = 192
+    conv_chunk: int = 32
     state_embed_size: int = 300
     deter_size: int = 200
     stoch_size: int = 30
@@ -237,14 +238,21 @@ def make_optimizer(learning_rate: float = 1e-3, eps: float = 1e-4, grad_clip: fl
     return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(schedule, eps=eps))
 
 
-def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation):
+def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation, mesh: Mesh | None = None):
     """A jit-compiled ``step(params, opt_state, key, batch) -> (params, opt_state, metrics)``.
 
     An update whose loss or gradient is not finite is skipped (params and optimizer state come back
-    unchanged) and reported as ``metrics["nonfinite"] == 1``.
+    unchanged) and reported as ``metrics["nonfinite"] == 1``. With a `mesh` (see `bayes_planet.parallel`)
+    the batch is split over its devices along ``B`` and everything else is replicated: data parallelism,
+    the same function as without.
     """
+    shardings = {}
+    if mesh is not None:
+        everywhere = parallel.replicated(mesh)
+        shardings = dict(in_shardings=(everywhere, everywhere, everywhere, parallel.split_leading(mesh)),
+                         out_shardings=everywhere)
 
-    @jax.jit
+    @functools.partial(jax.jit, **shardings)
     def step(params, opt_state, key, batch):
         (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch)
         grad_norm = optax.tree.norm(grads)

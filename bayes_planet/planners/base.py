@@ -19,6 +19,9 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from bayes_planet import parallel
 
 ScoreFn = Callable[[jax.Array, Any, jax.Array], jax.Array]
 
@@ -40,13 +43,13 @@ def check_sizes(planner: Any, names: tuple[str, ...]) -> None:
 
 
 def world_model_scorer(model, params, weights_key: jax.Array | None, objective: Callable[[jax.Array], jax.Array],
-                       weight_samples: int) -> ScoreFn:
+                       weight_samples: int, mesh: Mesh | None = None) -> ScoreFn:
     """Score candidates by their imagined return under `weight_samples` transition samples, each held
     fixed along the whole horizon, reduced by `objective` (``returns [N, K] -> scores [N]``).
 
     With ``weight_samples == 0`` the posterior-mean transition is used (K = 1; plain PlaNet). The samples
     are drawn from `weights_key`, so the same key gives the same K models (hold it for an episode for
-    Thompson sampling per episode).
+    Thompson sampling per episode). With a `mesh` the ``K x N`` rollouts are split over its devices.
     """
 
     def score(key: jax.Array, state: Any, actions: jax.Array) -> jax.Array:
@@ -56,7 +59,8 @@ def world_model_scorer(model, params, weights_key: jax.Array | None, objective: 
         else:
             weights, samples = model.sample_weights(params, weights_key, weight_samples), weight_samples
         # rows form K contiguous groups of all candidates; group k is rolled out with weight sample k
-        rewards, _ = model.imagine(params, key, state, jnp.tile(actions, (samples, 1, 1)), weights)
+        rows = parallel.constrain_rows(jnp.tile(actions, (samples, 1, 1)), mesh)
+        rewards, _ = model.imagine(params, key, state, rows, weights)
         returns = jnp.sum(rewards, axis=-1).reshape(samples, count).T
         return objective(returns)
 
