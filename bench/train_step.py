@@ -1,7 +1,7 @@
-"""Median world-model train-step time at PlaNet's sizes and at quickstart sizes, with achieved GFLOP/s
+"""Median world-model train-step time at PlaNet's sizes and at the quickstart's, with achieved GFLOP/s
 next to a float32 matmul's GFLOP/s measured in the same run.
 
-    python bench/train_step.py [--sizes planet quick] [--repeats 5]
+    python bench/train_step.py [--sizes planet quickstart] [--repeats 5]
 
 FLOPs come from XLA's cost analysis, which counts the body of a scan or `lax.map` once. So they are
 counted on an unchunked variant of the step (``conv_chunk=0``, compiled, never run) at two sequence
@@ -19,12 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
+from bayes_planet.config import load_config
+from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 
-SIZES = {
-    "planet": (ModelConfig(), 50, 50),
-    "quick": (ModelConfig(cnn_depth=16, deter_size=100, stoch_size=20, hidden_size=100, reward_hidden=100), 16, 32),
-}
+# the train-step sizes of two presets: PlaNet's (every task preset) and the quickstart's
+PRESETS = {"planet": "cheetah_run", "quickstart": "quickstart"}
+
+
+def preset_sizes(name: str, overrides: tuple[str, ...] = ()):
+    """``(ModelConfig, batch_size, sequence_length)`` of a `PRESETS` entry, with dotted `overrides`."""
+    config = load_config(PRESETS[name], overrides)
+    return config.model, config.train.batch_size, config.train.sequence_length
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
@@ -57,8 +62,8 @@ def step_flops(config, action_dim, batch, params, opt_state) -> float:
     return per_step_of_time * length + scan_step * length
 
 
-def bench(name: str, repeats: int) -> dict:
-    config, batch_size, length = SIZES[name]
+def bench(name: str, repeats: int, overrides: tuple[str, ...] = ()) -> dict:
+    config, batch_size, length = preset_sizes(name, overrides)
     action_dim = 6
     rng = np.random.default_rng(0)
     batch = {
@@ -86,7 +91,7 @@ def bench(name: str, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["quick", "planet"], choices=sorted(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=["quickstart", "planet"], choices=sorted(PRESETS))
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     peak = matmul_gflops()

@@ -1,0 +1,214 @@
+"""The benchmark suite: one table of medians for PlaNet's sizes and the quickstart's.
+
+    python bench/run.py [--sizes planet quickstart] [--repeats 5] [--skip env rss] [--set model.conv_engine=plain]
+
+Rows: world-model train step (with GFLOP/s and its share of a float32 matmul measured in the same run),
+CEM planning call under K weight samples and with the posterior mean (K = 0, plain PlaNet), filtering
+one observation (encode + posterior step), env step (action repeat + one 64x64 render) next to a bare
+dm_control step and render, replay sampling from 100 episodes on disk, and the peak RSS of a training
+process (a fresh one, 100 episodes in replay, two train steps). Every time is a median over `repeats`
+calls after one warm-up call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from train_step import PRESETS, matmul_gflops  # noqa: E402
+from train_step import bench as bench_train_step  # noqa: E402
+
+from agents.agent import make_planner  # noqa: E402
+from bayes_planet.config import load_config  # noqa: E402
+from bayes_planet.objectives import make_objective  # noqa: E402
+from bayes_planet.planners import world_model_scorer  # noqa: E402
+from bayes_planet.replay import Replay  # noqa: E402
+from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step  # noqa: E402
+
+ACTION_DIM = 6  # cheetah-run
+EPISODE_STEPS = 250  # 1000 env steps at action repeat 4
+REPLAY_EPISODES = 100
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` (which blocks until its result is ready) after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def random_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"observation": rng.integers(0, 256, (batch_size, length, 64, 64, 3), dtype=np.uint8),
+            "action": rng.uniform(-1, 1, (batch_size, length, ACTION_DIM)).astype(np.float32),
+            "reward": rng.uniform(0, 1, (batch_size, length)).astype(np.float32)}
+
+
+def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """CEM call (K weight samples, and the posterior mean) and one filter step, at a preset's sizes."""
+    config = load_config(PRESETS[preset], overrides)
+    model = WorldModel(config.model, ACTION_DIM)
+    params = model.init(jax.random.PRNGKey(0), random_batch(1, 2))
+    planner = make_planner(config)
+    state = model.initial_state(1)
+    plan0 = planner.initial_plan(ACTION_DIM)
+    p = config.planner
+    rows = []
+    for samples in (p.weight_samples, 0):
+        score = world_model_scorer(model, params, jax.random.PRNGKey(1), make_objective(p.objective, p.beta, p.alpha),
+                                   samples)
+        call = jax.jit(lambda key, state, plan, score=score: planner(key, score, state, plan))
+        seconds = median_seconds(lambda call=call: jax.block_until_ready(call(jax.random.PRNGKey(2), state, plan0)),
+                                 repeats)
+        label = f"K={samples} weight samples" if samples else "posterior mean (K=0)"
+        rows.append((f"CEM call, {label}", f"{seconds * 1e3:.1f} ms"))
+    frame = jnp.asarray(random_batch(1, 1)["observation"][0, 0])
+    observe = jax.jit(lambda key, state, frame: model.observe(params, key, state, frame[None],
+                                                             jnp.zeros((1, ACTION_DIM))))
+    seconds = median_seconds(lambda: jax.block_until_ready(observe(jax.random.PRNGKey(3), state, frame)), repeats)
+    rows.append(("filter one observation", f"{seconds * 1e3:.2f} ms"))
+    header = f"  [{p.name.upper()} {p.horizon} / {p.iterations} / {p.candidates} / {p.top_k}]"
+    return [(rows[0][0] + header, rows[0][1])] + rows[1:]
+
+
+def env_rows(repeats: int) -> list[tuple[str, str]]:
+    """Our env step (action repeat 4, one render) against the bare dm_control calls it makes."""
+    from dm_control import suite
+
+    import envs
+
+    steps = max(50, 20 * repeats)
+    env = envs.make("dmc:cheetah-run", seed=0)
+    env.reset(seed=0)
+    action = np.zeros(env.action_space.shape, np.float32)
+    ours = median_seconds(lambda: env.step(action), steps)
+    bare = suite.load("cheetah", "run", task_kwargs={"random": 0})
+    bare.reset()
+    repeat = env.unwrapped.action_repeat
+
+    def bare_step():
+        for _ in range(repeat):
+            bare.step(action)
+        bare.physics.render(64, 64, camera_id=0)
+
+    reference = median_seconds(bare_step, steps)
+    return [(f"env step (cheetah-run, repeat {repeat} + one 64x64 render)", f"{ours * 1e3:.2f} ms"),
+            ("  bare dm_control: 4 physics steps + render", f"{reference * 1e3:.2f} ms ({ours / reference - 1:+.1%})")]
+
+
+def fill_replay(directory: str, episodes: int = REPLAY_EPISODES) -> Replay:
+    """A replay of `episodes` cheetah-sized episodes (random pixels, 251 frames each) on disk."""
+    replay = Replay(directory)
+    rng = np.random.default_rng(0)
+    for _ in range(episodes):
+        replay.add({"observation": rng.integers(0, 256, (EPISODE_STEPS + 1, 64, 64, 3), dtype=np.uint8),
+                    "action": rng.uniform(-1, 1, (EPISODE_STEPS + 1, ACTION_DIM)).astype(np.float32),
+                    "reward": rng.uniform(0, 1, EPISODE_STEPS + 1).astype(np.float32),
+                    "velocity": rng.normal(size=(EPISODE_STEPS + 1, 9)).astype(np.float32)})
+    return replay
+
+
+def replay_row(directory: str, repeats: int) -> tuple[str, str]:
+    replay = Replay(directory)
+    rng = np.random.default_rng(0)
+    for index in range(len(replay)):
+        replay.episode(index)  # loaded once, as in a long run
+    seconds = median_seconds(lambda: replay.sample(50, 50, rng), repeats)
+    return (f"replay sample 50 x 50 ({len(replay)} episodes)", f"{seconds * 1e3:.1f} ms")
+
+
+def rss_child(directory: str, preset: str) -> None:
+    """Body of the peak-RSS measurement: a fresh process that trains like the trainer does."""
+    config = load_config(PRESETS[preset])
+    replay = Replay(directory, config.train.replay_in_memory or None)
+    model = WorldModel(config.model, ACTION_DIM)
+    optimizer = make_optimizer()
+    step = make_train_step(model, optimizer)
+    rng = np.random.default_rng(0)
+    keys = ("observation", "action", "reward")
+    sample = lambda: {k: v for k, v in replay.sample(config.train.batch_size, config.train.sequence_length,
+                                                      rng).items() if k in keys}
+    params = model.init(jax.random.PRNGKey(0), sample())
+    opt_state = optimizer.init(params)
+    for index in range(2):
+        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(index), sample())
+        jax.block_until_ready(metrics)
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
+    with open("/proc/self/status") as status:
+        peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(peak_kib / 2**20)  # KiB -> GiB
+
+
+def rss_row(directory: str, preset: str) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, __file__, "--rss-child", directory, preset], capture_output=True,
+                          text=True, check=True)
+    peak = float(done.stdout.strip().splitlines()[-1])
+    return (f"peak RSS of training ({REPLAY_EPISODES} episodes in replay, {preset} sizes)", f"{peak:.2f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["planet", "quickstart"], choices=sorted(PRESETS))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "plan", "env", "replay", "rss"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every preset, e.g. model.conv_engine=plain")
+    parser.add_argument("--rss-child", nargs=2, metavar=("DIRECTORY", "PRESET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(*args.rss_child)
+        return
+    peak = matmul_gflops()
+    device = jax.devices()[0]
+    if args.set:
+        print("overrides:", " ".join(args.set))
+    print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}, {os.cpu_count()} CPU threads; "
+          f"float32 4096^2 matmul: {peak:.0f} GFLOP/s", flush=True)
+    rows: list[tuple[str, str]] = []
+
+    def show(new_rows, prefix=""):
+        new_rows = [(prefix + name, value) for name, value in new_rows]
+        for name, value in new_rows:
+            print(f"  {name:<66} {value}", flush=True)
+        rows.extend(new_rows)
+
+    for preset in args.sizes:
+        print(f"{preset} sizes ({PRESETS[preset]} preset)", flush=True)
+        if "train" not in args.skip:
+            r = bench_train_step(preset, args.repeats, tuple(args.set))
+            show([(f"train step, {r['sizes']}", f"{r['median_s']:.3f} s"),
+                  ("  GFLOP per step / achieved GFLOP/s / share of matmul",
+                   f"{r['gflop']:.1f} / {r['gflops_per_s']:.1f} / {r['gflops_per_s'] / peak:.1%}")], f"{preset}: ")
+        if "plan" not in args.skip:
+            show(planning_rows(preset, args.repeats, tuple(args.set)), f"{preset}: ")
+    with tempfile.TemporaryDirectory() as directory:
+        if not {"replay", "rss"} <= set(args.skip):
+            fill_replay(directory)
+        print("every size", flush=True)
+        if "env" not in args.skip:
+            show(env_rows(args.repeats))
+        if "replay" not in args.skip:
+            show([replay_row(directory, args.repeats)])
+        if "rss" not in args.skip:
+            show([rss_row(directory, preset) for preset in args.sizes])
+
+    print(f"\n| {'measure':<72} | {'median':>22} |\n|{'-' * 74}|{'-' * 24}:|")
+    for name, value in rows:
+        print(f"| {name:<72} | {value:>22} |")
+
+
+if __name__ == "__main__":
+    main()
