@@ -18,7 +18,7 @@ from agents.rollout import random_policy, run_episode
 from bayes_planet.replay import Replay
 from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
 
-TINY = dict(cnn_depth=8, deter_size=32, stoch_size=8, hidden_size=32, reward_hidden=32, reward_layers=2)
+TINY = dict(cnn_depth=8, deter_size=32, stoch_size=8, hidden_size=32, reward_hidden=32, reward_layers=2, conv_chunk=0)
 
 # A whole training run on real cartpole-swingup in about a minute: tiny networks and planner, 2 random episodes.
 TINY_RUN = [
