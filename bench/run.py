@@ -1,18 +1,21 @@
 """The benchmark suite: one table of medians for PlaNet's sizes and the quickstart's.
 
     python bench/run.py [--sizes planet quickstart] [--repeats 5] [--skip env rss] [--set model.conv_engine=plain]
+                        [--peer /path/to/python-with-torch]
 
 Rows: world-model train step (with GFLOP/s and its share of a float32 matmul measured in the same run),
 CEM planning call under K weight samples and with the posterior mean (K = 0, plain PlaNet), filtering
 one observation (encode + posterior step), env step (action repeat + one 64x64 render) next to a bare
 dm_control step and render, replay sampling from 100 episodes on disk, and the peak RSS of a training
 process (a fresh one, 100 episodes in replay, two train steps). Every time is a median over `repeats`
-calls after one warm-up call.
+calls after one warm-up call. `--peer PYTHON` also runs `bench/peer_torch.py` (PlaNet's step and CEM call in
+PyTorch, the peer's design) with that interpreter right after our PlaNet-size rows, and prints the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +27,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import median_seconds  # noqa: E402
 from train_step import PRESETS, matmul_gflops  # noqa: E402
 from train_step import bench as bench_train_step  # noqa: E402
 
@@ -37,17 +41,6 @@ from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 ACTION_DIM = 6  # cheetah-run
 EPISODE_STEPS = 250  # 1000 env steps at action repeat 4
 REPLAY_EPISODES = 100
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` (which blocks until its result is ready) after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def random_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -66,13 +59,13 @@ def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()) ->
     state = model.initial_state(1)
     plan0 = planner.initial_plan(ACTION_DIM)
     p = config.planner
-    rows = []
+    rows, calls = [], {}
     for samples in (p.weight_samples, 0):
         score = world_model_scorer(model, params, jax.random.PRNGKey(1), make_objective(p.objective, p.beta, p.alpha),
                                    samples)
         call = jax.jit(lambda key, state, plan, score=score: planner(key, score, state, plan))
-        seconds = median_seconds(lambda call=call: jax.block_until_ready(call(jax.random.PRNGKey(2), state, plan0)),
-                                 repeats)
+        calls[samples] = lambda call=call: jax.block_until_ready(call(jax.random.PRNGKey(2), state, plan0))
+        seconds = median_seconds(calls[samples], repeats)
         label = f"K={samples} weight samples" if samples else "posterior mean (K=0)"
         rows.append((f"CEM call, {label}", f"{seconds * 1e3:.1f} ms"))
     frame = jnp.asarray(random_batch(1, 1)["observation"][0, 0])
@@ -81,7 +74,50 @@ def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()) ->
     seconds = median_seconds(lambda: jax.block_until_ready(observe(jax.random.PRNGKey(3), state, frame)), repeats)
     rows.append(("filter one observation", f"{seconds * 1e3:.2f} ms"))
     header = f"  [{p.name.upper()} {p.horizon} / {p.iterations} / {p.candidates} / {p.top_k}]"
-    return [(rows[0][0] + header, rows[0][1])] + rows[1:]
+    return [(rows[0][0] + header, rows[0][1])] + rows[1:], calls[0]
+
+
+def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[str, str]]:
+    """Time the peer (`bench/peer_torch.py --serve`, run by `python`, an interpreter with torch) call by call,
+    alternating with our own calls in `ours` ({"train": fn, "plan": fn}), and print both medians and the ratio.
+    One warm-up call each first; a pause between calls lets the other process's worker threads go idle."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_torch.py")
+    peer = subprocess.Popen([python, script, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    header = peer.stdout.readline()
+    if not header:
+        raise SystemExit(f"--peer {python}: bench/peer_torch.py did not start (is torch installed there?)")
+    info = json.loads(header)
+
+    def peer_call(kind: str) -> float:
+        peer.stdin.write(kind + "\n")
+        peer.stdin.flush()
+        return float(peer.stdout.readline())
+
+    def our_call(kind: str) -> float:
+        start = time.perf_counter()
+        ours[kind]()
+        return time.perf_counter() - start
+
+    rows = []
+    try:
+        for kind, label in (("train", "train step"), ("plan", "CEM call (ours: posterior mean, K=0)")):
+            if kind not in ours:
+                continue
+            times = {"ours": [], "peer": []}
+            for index in range(repeats + 1):  # the first round warms both up
+                for who, call in (("ours", our_call), ("peer", peer_call)):
+                    time.sleep(0.5)
+                    seconds = call(kind)
+                    if index:
+                        times[who].append(seconds)
+            mine, theirs = (float(np.median(times[who])) for who in ("ours", "peer"))
+            rows.append((f"{label}, alternating with the peer: ours / peer",
+                         f"{mine:.3f} s / {theirs:.3f} s = {mine / theirs:.2f}x"))
+    finally:
+        peer.stdin.close()
+        peer.wait()
+    name = f"peer: PyTorch {info['torch']} PlaNet, {info['threads']} threads (bench/peer_torch.py)"
+    return [(name, "")] + [("  " + label, value) for label, value in rows]
 
 
 def env_rows(repeats: int) -> list[tuple[str, str]]:
@@ -166,6 +202,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "plan", "env", "replay", "rss"])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every preset, e.g. model.conv_engine=plain")
+    parser.add_argument("--peer", metavar="PYTHON", help="an interpreter with torch: also time bench/peer_torch.py")
     parser.add_argument("--rss-child", nargs=2, metavar=("DIRECTORY", "PRESET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -187,13 +224,18 @@ def main() -> None:
 
     for preset in args.sizes:
         print(f"{preset} sizes ({PRESETS[preset]} preset)", flush=True)
+        ours = {}
         if "train" not in args.skip:
             r = bench_train_step(preset, args.repeats, tuple(args.set))
+            ours["train"] = r["call"]
             show([(f"train step, {r['sizes']}", f"{r['median_s']:.3f} s"),
                   ("  GFLOP per step / achieved GFLOP/s / share of matmul",
                    f"{r['gflop']:.1f} / {r['gflops_per_s']:.1f} / {r['gflops_per_s'] / peak:.1%}")], f"{preset}: ")
         if "plan" not in args.skip:
-            show(planning_rows(preset, args.repeats, tuple(args.set)), f"{preset}: ")
+            plan, ours["plan"] = planning_rows(preset, args.repeats, tuple(args.set))
+            show(plan, f"{preset}: ")
+        if args.peer and preset == "planet":
+            show(peer_rows(args.peer, args.repeats, ours))
     with tempfile.TemporaryDirectory() as directory:
         if not {"replay", "rss"} <= set(args.skip):
             fill_replay(directory)

@@ -77,16 +77,24 @@ def bench(name: str, repeats: int, overrides: tuple[str, ...] = ()) -> dict:
     opt_state = optimizer.init(params)
     step = make_train_step(model, optimizer)
     flops = step_flops(config, action_dim, batch, params, opt_state)
-    params, opt_state, _ = step(params, opt_state, jax.random.PRNGKey(0), batch)  # warm-up
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(i), batch)
+    state = {"params": params, "opt_state": opt_state, "calls": 0}
+
+    def call() -> None:
+        """One train step on the same batch (a fresh key each call), blocking until it is done."""
+        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"],
+                                                            jax.random.PRNGKey(state["calls"]), batch)
+        state["calls"] += 1
         jax.block_until_ready(metrics)
+
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
         times.append(time.perf_counter() - start)
     median = float(np.median(times))
     return {"sizes": f"{name} (batch {batch_size} x {length})", "median_s": median, "gflop": flops / 1e9,
-            "gflops_per_s": flops / 1e9 / median}
+            "gflops_per_s": flops / 1e9 / median, "call": call}
 
 
 def main() -> None:

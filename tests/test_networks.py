@@ -14,6 +14,7 @@ from bayes_planet.networks import (
     depth_to_space,
     map_in_chunks,
     space_to_depth,
+    transposed_conv_form,
 )
 
 RNG = np.random.default_rng(0)
@@ -30,15 +31,31 @@ def test_stride2_conv_matches_lax(size, kernel):
     np.testing.assert_allclose(conv2d_stride2(x, w, None), reference, atol=1e-4)
 
 
+@pytest.mark.parametrize("form", ["gather", "scatter"])
 @pytest.mark.parametrize("size,kernel", [(1, 5), (5, 5), (13, 6), (4, 3), (3, 4)])
-def test_stride2_transposed_conv_matches_haiku(size, kernel):
+def test_stride2_transposed_conv_matches_haiku(size, kernel, form):
     x = _normal(2, size, size, 4)
     layer = hk.transform(lambda x: hk.Conv2DTranspose(5, kernel, stride=2, padding="VALID", name="t")(x))
     params = layer.init(jax.random.PRNGKey(0), x)
     params = jax.tree.map(lambda p: p + 0.1 * _normal(*p.shape), params)  # nonzero bias too
     expected = layer.apply(params, None, x)
     assert expected.shape == (2, 2 * (size - 1) + kernel, 2 * (size - 1) + kernel, 5)
-    np.testing.assert_allclose(conv2d_transpose_stride2(x, params["t"]["w"], params["t"]["b"]), expected, atol=1e-5)
+    w, b = params["t"]["w"], params["t"]["b"]
+    np.testing.assert_allclose(conv2d_transpose_stride2(x, w, b, form), expected, atol=1e-5)
+    # gradients with respect to input and kernel (the scatter form has its own VJP)
+    target = _normal(*expected.shape)
+    grads = lambda fn: jax.grad(lambda x, w: jnp.sum((fn(x, w) - target) ** 2), argnums=(0, 1))(x, w)
+    reference = grads(lambda x, w: layer.apply({"t": {"w": w, "b": b}}, None, x))
+    for ours, theirs in zip(grads(lambda x, w: conv2d_transpose_stride2(x, w, b, form)), reference, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_transposed_conv_form_choice_and_bad_form():
+    # PlaNet's decoder: 5x5x128 -> 13x13x64 and 30x30x32 -> 64x64x3 scatter, 13x13x64 -> 30x30x32 gathers
+    assert [transposed_conv_form(h, h, k, c, o) for h, k, c, o in [(5, 5, 128, 64), (13, 6, 64, 32), (30, 6, 32, 3)]] \
+        == ["scatter", "gather", "scatter"]
+    with pytest.raises(ValueError, match="form must be one of"):
+        conv2d_transpose_stride2(_normal(1, 3, 3, 2), _normal(4, 4, 2, 2), None, "fft")
 
 
 def test_space_to_depth_round_trip_and_chunked_map():
