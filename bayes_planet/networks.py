@@ -4,10 +4,10 @@ Pixel images are ``[..., 64, 64, 3]`` floats in ``[-0.5, 0.5]``; any number of l
 
 The conv encoder and decoder have two engines with the same parameters (names, shapes, initializers):
 ``"plain"`` uses `hk.Conv2D` / `hk.Conv2DTranspose` and is the reference; ``"fast"`` computes the same
-functions as patch extraction plus one matmul per layer (stride-2 conv = space-to-depth + stride-1 conv;
-stride-2 transposed conv = one stride-1 conv whose output channels are interleaved back into pixels), and
-runs over frames in chunks under `jax.checkpoint`. XLA's CPU gradients of strided and transposed
-convolutions are 10-20x slower than matmuls of the same FLOPs, hence the fast engine.
+functions with one matmul per layer (stride-2 conv = space-to-depth + a stride-1 patch matmul; stride-2
+transposed conv = a matmul over its 4 output phases, in the "gather" or "scatter" form of
+`transposed_conv_form`), and runs over frames in chunks under `jax.checkpoint`. XLA's CPU gradients of
+strided and transposed convolutions are 10-20x slower than matmuls of the same FLOPs, hence the fast engine.
 """
 
 from __future__ import annotations
