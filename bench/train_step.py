@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_seconds
 
 from bayes_planet.config import load_config
 from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
@@ -33,15 +33,10 @@ def preset_sizes(name: str, overrides: tuple[str, ...] = ()):
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 ``n x n`` matmul (median of `repeats` after a warm-up)."""
     a = jnp.ones((n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dot(a, a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / np.median(times) / 1e9
+    return 2 * n**3 / median_seconds(lambda: dot(a, a).block_until_ready(), repeats) / 1e9
 
 
 def step_flops(config, action_dim, batch, params, opt_state) -> float:
@@ -86,13 +81,7 @@ def bench(name: str, repeats: int, overrides: tuple[str, ...] = ()) -> dict:
         state["calls"] += 1
         jax.block_until_ready(metrics)
 
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    median = float(np.median(times))
+    median = median_seconds(call, repeats)
     return {"sizes": f"{name} (batch {batch_size} x {length})", "median_s": median, "gflop": flops / 1e9,
             "gflops_per_s": flops / 1e9 / median, "call": call}
 
