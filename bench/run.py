@@ -177,7 +177,7 @@ def rss_child(directory: str, preset: str) -> None:
     keys = ("observation", "action", "reward")
     sample = lambda: {k: v for k, v in replay.sample(config.train.batch_size, config.train.sequence_length,
                                                       rng).items() if k in keys}
-    params = model.init(jax.random.PRNGKey(0), sample())
+    params = model.init(jax.random.PRNGKey(0), {k: v[:1, :2] for k, v in sample().items()})  # as the trainer does
     opt_state = optimizer.init(params)
     for index in range(2):
         params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(index), sample())

@@ -9,6 +9,7 @@ from conftest import tiny_config
 
 from bayes_planet.world_model import (
     WorldModel,
+    dither,
     pixels_to_uint8,
     preprocess_pixels,
 )
@@ -133,6 +134,17 @@ def test_pixel_preprocessing_is_5_bit_with_dequantization_noise():
     assert float(noisy.min()) >= -0.5 and float(noisy.max()) < 0.5
     np.testing.assert_allclose(noisy.mean(0), centre, atol=2e-3)
     assert pixels_to_uint8(jnp.array([-0.5, 0.5])).tolist() == [0, 255]
+
+
+def test_dither_is_uniform_over_256_levels_for_any_shape():
+    noise = np.asarray(dither(KEY, (7, 1001, 3)))  # 21021 values: not a multiple of the 4 bytes per draw
+    assert noise.shape == (7, 1001, 3) and noise.dtype == np.float32
+    levels = noise * 256 - 0.5
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+    counts = np.bincount(np.round(levels).astype(int).ravel(), minlength=256)
+    assert len(counts) == 256 and counts.min() > 40  # 82 expected per level
+    assert abs(noise.mean() - 0.5) < 0.01 and abs(noise.std() - 12**-0.5) < 0.01
+    assert not np.array_equal(noise, np.asarray(dither(jax.random.PRNGKey(1), (7, 1001, 3))))
 
 
 # ------------------------------------------------------------------------------- learning on real data
