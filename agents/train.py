@@ -30,7 +30,7 @@ import envs
 from agents.agent import PlanetAgent
 from agents.rollout import random_policy, run_episode
 from bayes_planet import config as config_lib
-from bayes_planet import parallel
+from bayes_planet import memory, parallel
 from bayes_planet.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from bayes_planet.config import Config
 from bayes_planet.files import remove_partial_files
@@ -119,6 +119,7 @@ class Trainer:
         self.optimizer = make_optimizer(c.train.learning_rate, c.train.adam_eps, c.train.grad_clip,
                                         c.train.warmup_steps)
         self.train_step = make_train_step(self.model, self.optimizer, self.mesh)
+        self._train_step_compiled = False  # compiled ahead of its first call, see `memory.compile_ahead`
         self.agent = PlanetAgent.from_config(self.model, c)
         self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)
         self.held_out = Replay(os.path.join(logdir, "held_out"), max_in_memory=8)
@@ -205,6 +206,9 @@ class Trainer:
                 if self.mesh is not None:
                     batch = parallel.shard_batch(batch, self.mesh)
                 self.key, key_step = jax.random.split(self.key)
+                if not self._train_step_compiled:
+                    memory.compile_ahead(self.train_step, self.params, self.opt_state, key_step, batch)
+                    self._train_step_compiled = True
                 self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, key_step, batch)
                 self.updates += 1
                 if float(metrics["nonfinite"]):

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from bayes_planet.distributions import unit_gaussian_nll
+
 ENCODER_KERNELS = (4, 4, 4, 4)
 DECODER_KERNELS = (5, 5, 6, 6)
 CONV_ENGINES = ("fast", "plain")
@@ -189,20 +191,22 @@ def conv2d_transpose_stride2(x: jax.Array, w: jax.Array, b: jax.Array | None, fo
     return y if b is None else y + b
 
 
-def map_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
-    """``fn`` over the leading axis of ``x`` in chunks of at most `chunk` rows, each under `jax.checkpoint`
-    (the backward pass rebuilds one chunk's patch copies at a time, which bounds memory)."""
-    n = x.shape[0]
+def map_in_chunks(fn: Callable, x, chunk: int):
+    """``fn`` over the leading axis of ``x`` (an array, or a tuple of arrays with the same leading size) in
+    chunks of at most `chunk` rows, each under `jax.checkpoint` (the backward pass rebuilds one chunk's patch
+    copies at a time, which bounds memory). `fn` takes and returns what ``x`` is, at any leading size."""
+    n = jax.tree.leaves(x)[0].shape[0]
     if not chunk or n <= chunk:
         return fn(x)
     count = -(-n // chunk)
     size = -(-n // count)  # equal chunks, padding at most count - 1 rows
-    padded = jnp.pad(x, ((0, count * size - n),) + ((0, 0),) * (x.ndim - 1))
+    chunks = jax.tree.map(lambda a: jnp.pad(a, ((0, count * size - n),) + ((0, 0),) * (a.ndim - 1))
+                          .reshape(count, size, *a.shape[1:]), x)
     # keep each layer's pre-activation output (`LAYER_OUTPUT`); recompute the patch copies, the scatter
     # form's per-tap products and the activations
     fn = jax.checkpoint(fn, policy=jax.checkpoint_policies.save_only_these_names(LAYER_OUTPUT))
-    y = jax.lax.map(fn, padded.reshape(count, size, *x.shape[1:]))
-    return y.reshape(count * size, *y.shape[2:])[:n]
+    y = jax.lax.map(fn, chunks)
+    return jax.tree.map(lambda a: a.reshape(count * size, *a.shape[2:])[:n], y)
 
 
 class _ConvWeights(hk.Module):
@@ -259,7 +263,7 @@ class ConvEncoder(hk.Module):
 class ConvDecoder(hk.Module):
     """Dense to ``embed_size``, then four stride-2 VALID transposed convolutions (depth x 4, 2, 1 channels,
     then 3; kernels 5, 5, 6, 6; ReLU between). ``[..., F] -> [..., 64, 64, 3]``: the mean of a unit-variance
-    Gaussian over pixels. `engine` and `chunk` as in `ConvEncoder`."""
+    Gaussian over pixels (`nll` gives its negative log density). `engine` and `chunk` as in `ConvEncoder`."""
 
     def __init__(self, depth: int = 32, embed_size: int | None = None, channels: int = 3,
                  engine: str = "fast", chunk: int = 32, name: str | None = None):
@@ -270,35 +274,57 @@ class ConvDecoder(hk.Module):
         self.channels = channels
         self.engine, self.chunk = engine, chunk
 
-    def __call__(self, features: jax.Array) -> jax.Array:
+    def nll(self, features: jax.Array, target: jax.Array) -> jax.Array:
+        """``unit_gaussian_nll(target, self(features), 3)``: ``[..., F]``, ``[..., 64, 64, 3] -> [...]`` nats.
+
+        The fast engine computes it chunk by chunk, so the decoded images and their gradient never exist
+        for all frames at once (PlaNet's 2500 frames: 123 MB each)."""
+        return self(features, target)
+
+    def __call__(self, features: jax.Array, target: jax.Array | None = None) -> jax.Array:
+        """The decoded images; with a `target`, their `nll` instead (one parameter scope for both)."""
         x, lead = _flatten_leading(features, 1)
         x = hk.Linear(self.embed_size, name="dense")(x)
-        widths = (self.depth * 4, self.depth * 2, self.depth, self.channels)
-        last = len(widths) - 1
-        if self.engine == "plain":
-            x = x[:, None, None, :]
-            for index, (width, kernel) in enumerate(zip(widths, DECODER_KERNELS, strict=True)):
-                x = hk.Conv2DTranspose(width, kernel, stride=2, padding="VALID", name=f"deconv{index}")(x)
-                x = x if index == last else jax.nn.relu(x)
-        else:
-            in_channels = (self.embed_size,) + widths[:-1]
-            shapes = zip(DECODER_KERNELS, in_channels, widths, strict=True)
-            layers, height = [], 1
-            for index, (kernel, cin, width) in enumerate(shapes):
-                w, b = _ConvWeights(name=f"deconv{index}")(kernel, cin, width, True)
-                form = transposed_conv_form(height, height, kernel, cin, width)
-                layers.append((transposed_conv_kernel(w, form), b, kernel, form))  # laid out once, as above
-                height = 2 * (height - 1) + kernel
+        decode = self._plain_decoder() if self.engine == "plain" else self._fast_decoder(x.shape[-1])
+        chunk = 0 if self.engine == "plain" else self.chunk  # haiku modules cannot run inside lax.map
+        if target is None:
+            images = map_in_chunks(decode, x, chunk)
+            return images.reshape(*lead, *images.shape[1:])
+        target, _ = _flatten_leading(target, 3)
+        nll = map_in_chunks(lambda rows: unit_gaussian_nll(rows[1], decode(rows[0]), 3), (x, target), chunk)
+        return nll.reshape(lead)
 
-            def decode(rows):
-                y = rows[:, None, None, :]
-                for index, (kernel, b, size, form) in enumerate(layers):
-                    y = transposed_conv_by_matmul(y, kernel, size, form) + b
-                    y = y if index == last else jax.nn.relu(y)
-                return y
+    def _widths(self) -> tuple[int, ...]:
+        return (self.depth * 4, self.depth * 2, self.depth, self.channels)
 
-            x = map_in_chunks(decode, x, self.chunk)
-        return x.reshape(*lead, *x.shape[1:])
+    @hk.transparent
+    def _plain_decoder(self) -> Callable[[jax.Array], jax.Array]:
+        def decode(rows):
+            y = rows[:, None, None, :]
+            for index, (width, kernel) in enumerate(zip(self._widths(), DECODER_KERNELS, strict=True)):
+                y = hk.Conv2DTranspose(width, kernel, stride=2, padding="VALID", name=f"deconv{index}")(y)
+                y = y if index == len(DECODER_KERNELS) - 1 else jax.nn.relu(y)
+            return y
+        return decode
+
+    @hk.transparent
+    def _fast_decoder(self, embed_size: int) -> Callable[[jax.Array], jax.Array]:
+        widths = self._widths()
+        shapes = zip(DECODER_KERNELS, (embed_size,) + widths[:-1], widths, strict=True)
+        layers, height = [], 1
+        for index, (kernel, cin, width) in enumerate(shapes):
+            w, b = _ConvWeights(name=f"deconv{index}")(kernel, cin, width, True)
+            form = transposed_conv_form(height, height, kernel, cin, width)
+            layers.append((transposed_conv_kernel(w, form), b, kernel, form))  # laid out once, as in the encoder
+            height = 2 * (height - 1) + kernel
+
+        def decode(rows):
+            y = rows[:, None, None, :]
+            for index, (kernel, b, size, form) in enumerate(layers):
+                y = transposed_conv_by_matmul(y, kernel, size, form) + b
+                y = y if index == len(layers) - 1 else jax.nn.relu(y)
+            return y
+        return decode
 
 
 class MLP(hk.Module):

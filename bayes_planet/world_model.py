@@ -112,9 +112,11 @@ class WorldModel:
         if c.observation == "pixels":
             encoder = ConvEncoder(c.cnn_depth, c.conv_engine, c.conv_chunk)
             decoder = ConvDecoder(c.cnn_depth, engine=c.conv_engine, chunk=c.conv_chunk)
+            observation_nll = decoder.nll  # chunk by chunk: the decoded batch is never held whole
         else:
             encoder = vector_encoder(c.state_embed_size, c.state_embed_size)
             decoder = vector_decoder(self.obs_shape[0], c.state_embed_size)
+            observation_nll = lambda features, target: unit_gaussian_nll(target, decoder(features), 1)
         reward = reward_head(c.reward_hidden, c.reward_layers)
         rssm = RSSM(c.deter_size, c.stoch_size, c.hidden_size, c.min_std, c.transition,
                     c.posterior_std_init, c.dropout_rate)
@@ -124,7 +126,7 @@ class WorldModel:
             posts, priors = rssm.observe(zero_state(action.shape[0], c.deter_size, c.stoch_size),
                                          action, encoder(observation), weights)
             features = posts.features
-            obs_nll = unit_gaussian_nll(observation, decoder(features), self._obs_ndim)
+            obs_nll = observation_nll(features, observation)
             reward_nll = unit_gaussian_nll(reward_target, predict_reward(features), 0)
             kl = posts.distribution.kl(priors.distribution)
             terms = {

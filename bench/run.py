@@ -7,9 +7,10 @@ Rows: world-model train step (with GFLOP/s and its share of a float32 matmul mea
 CEM planning call under K weight samples and with the posterior mean (K = 0, plain PlaNet), filtering
 one observation (encode + posterior step), env step (action repeat + one 64x64 render) next to a bare
 dm_control step and render, replay sampling from 100 episodes on disk, and the peak RSS of a training
-process (a fresh one, 100 episodes in replay, two train steps). Every time is a median over `repeats`
-calls after one warm-up call. `--peer PYTHON` also runs `bench/peer_torch.py` (PlaNet's step and CEM call in
-PyTorch, the peer's design) with that interpreter right after our PlaNet-size rows, and prints the ratios.
+process (a fresh one, 100 episodes in replay, five train steps compiled ahead as the trainer does). Every
+time is a median over `repeats` calls after one warm-up call. `--peer PYTHON` also runs
+`bench/peer_torch.py` (PlaNet's step and CEM call in PyTorch, the peer's design) with that interpreter right
+after our PlaNet-size rows, and prints the ratios.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from train_step import PRESETS, matmul_gflops  # noqa: E402
 from train_step import bench as bench_train_step  # noqa: E402
 
 from agents.agent import make_planner  # noqa: E402
+from bayes_planet import memory  # noqa: E402
 from bayes_planet.config import load_config  # noqa: E402
 from bayes_planet.objectives import make_objective  # noqa: E402
 from bayes_planet.planners import world_model_scorer  # noqa: E402
@@ -41,6 +43,7 @@ from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 ACTION_DIM = 6  # cheetah-run
 EPISODE_STEPS = 250  # 1000 env steps at action repeat 4
 REPLAY_EPISODES = 100
+RSS_STEPS = 5  # train steps in the peak-RSS process (the peak settles after 3)
 
 
 def random_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -179,7 +182,8 @@ def rss_child(directory: str, preset: str) -> None:
                                                       rng).items() if k in keys}
     params = model.init(jax.random.PRNGKey(0), {k: v[:1, :2] for k, v in sample().items()})  # as the trainer does
     opt_state = optimizer.init(params)
-    for index in range(2):
+    memory.compile_ahead(step, params, opt_state, jax.random.PRNGKey(0), sample())  # as the trainer does
+    for index in range(RSS_STEPS):
         params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(index), sample())
         jax.block_until_ready(metrics)
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec

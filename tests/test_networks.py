@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bayes_planet.distributions import unit_gaussian_nll
 from bayes_planet.networks import (
     ConvDecoder,
     ConvEncoder,
@@ -89,6 +90,28 @@ def test_fast_engine_equals_plain_on_outputs_and_gradients(module):
         scale = float(jnp.max(jnp.abs(g_plain)))
         assert scale > 0
         np.testing.assert_allclose(g_fast / scale, g_plain / scale, atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_decoder_nll_in_chunks_equals_the_nll_of_the_decoded_images(engine):
+    """`ConvDecoder.nll` (chunk by chunk in the fast engine) is the unit-Gaussian NLL of `ConvDecoder`'s
+    images, in value and in gradient, over ``[B, T]`` frames that do not divide into the chunks."""
+    features, target = _normal(2, 5, 10), jnp.asarray(RNG.uniform(-0.5, 0.5, (2, 5, 64, 64, 3)), jnp.float32)
+    decoder = lambda: ConvDecoder(4, engine=engine, chunk=4)
+    images = hk.without_apply_rng(hk.transform(lambda x: decoder()(x)))
+    nll = hk.without_apply_rng(hk.transform(lambda x, y: decoder().nll(x, y)))
+    params = images.init(jax.random.PRNGKey(1), features)
+    separate = lambda p, x: unit_gaussian_nll(target, images.apply(p, x), 3)
+    fused = lambda p, x: nll.apply(p, x, target)
+    assert fused(params, features).shape == (2, 5)
+    np.testing.assert_allclose(fused(params, features), separate(params, features), rtol=1e-5)
+    weighted = lambda fn: lambda p, x: jnp.sum(fn(p, x) * jnp.arange(10.0).reshape(2, 5))  # per-frame weights
+    grads_separate = jax.jit(jax.grad(weighted(separate), argnums=(0, 1)))(params, features)
+    grads_fused = jax.jit(jax.grad(weighted(fused), argnums=(0, 1)))(params, features)
+    for g_fused, g_separate in zip(jax.tree.leaves(grads_fused), jax.tree.leaves(grads_separate), strict=True):
+        scale = float(jnp.max(jnp.abs(g_separate)))
+        assert scale > 0
+        np.testing.assert_allclose(g_fused / scale, g_separate / scale, atol=1e-5)
 
 
 def test_unknown_engine_is_refused():
