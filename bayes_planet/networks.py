@@ -57,6 +57,28 @@ def depth_to_space(x: jax.Array) -> jax.Array:
     return x.reshape(n, 2 * h, 2 * w, c4 // 4)
 
 
+@jax.custom_vjp
+def matmul_rows(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` for ``x`` ``[..., K]`` and ``kernel`` ``[K, O]``, with the kernel gradient computed as
+    ``(g^T x)^T`` over the flattened rows. Written as ``x^T g``, XLA on a CPU first copies the cotangent
+    ``g`` into a transposed layout (a [108, 28800] copy per chunk in PlaNet's last decoder layer); this
+    way it contracts the rows of both operands where they lie."""
+    return x @ kernel
+
+
+def _matmul_rows_forward(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_rows_backward(residuals, cotangent):
+    x, kernel = residuals
+    rows = lambda a: a.reshape(-1, a.shape[-1])
+    return cotangent @ kernel.T, (rows(cotangent).T @ rows(x)).T
+
+
+matmul_rows.defvjp(_matmul_rows_forward, _matmul_rows_backward)
+
+
 def _keep_for_backward(y: jax.Array, rows: int, kernel: jax.Array) -> jax.Array:
     """Name a layer's matmul output `LAYER_OUTPUT` (kept by `map_in_chunks` for the backward pass) unless
     recomputing it costs fewer than `MIN_MACS_TO_KEEP` multiply-adds per element (the first encoder layer:
@@ -82,7 +104,7 @@ def stride2_conv_by_matmul(x: jax.Array, kernel: jax.Array, size: int) -> jax.Ar
     span_h, span_w = 2 * (out_h + taps - 1), 2 * (out_w + taps - 1)
     x = x[:, :span_h, :span_w]
     x = jnp.pad(x, ((0, 0), (0, span_h - x.shape[1]), (0, span_w - x.shape[2]), (0, 0)))
-    y = extract_patches(space_to_depth(x), taps) @ kernel
+    y = matmul_rows(extract_patches(space_to_depth(x), taps), kernel)
     return _keep_for_backward(y, x.shape[0] * out_h * out_w, kernel)
 
 
@@ -166,15 +188,15 @@ def transposed_conv_by_matmul(x: jax.Array, kernel: jax.Array, size: int, form: 
     n, height, width, _ = x.shape
     taps = math.ceil(size / 2)
     if form == "dense":
-        y = _keep_for_backward(x.reshape(n, -1) @ kernel, n, kernel)
+        y = _keep_for_backward(matmul_rows(x.reshape(n, -1), kernel), n, kernel)
         return y.reshape(n, size, size, -1)
     if form == "scatter":
-        y = (x @ kernel).reshape(n, height, width, taps, taps, -1)
+        y = matmul_rows(x, kernel).reshape(n, height, width, taps, taps, -1)
         y = _keep_for_backward(overlap_add(y), n * height * width, kernel)
     else:
         x = jnp.pad(x, ((0, 0), (taps - 1, taps - 1), (taps - 1, taps - 1), (0, 0)))
         rows = n * (height + taps - 1) * (width + taps - 1)
-        y = _keep_for_backward(extract_patches(x, taps) @ kernel, rows, kernel)
+        y = _keep_for_backward(matmul_rows(extract_patches(x, taps), kernel), rows, kernel)
     return depth_to_space(y)[:, :2 * (height - 1) + size, :2 * (width - 1) + size]
 
 

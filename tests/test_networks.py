@@ -14,6 +14,7 @@ from bayes_planet.networks import (
     conv2d_transpose_stride2,
     depth_to_space,
     map_in_chunks,
+    matmul_rows,
     space_to_depth,
     transposed_conv_form,
 )
@@ -75,6 +76,14 @@ def _assert_same_gradients(grads, reference):
         scale = float(jnp.max(jnp.abs(expected)))
         assert scale > 0
         np.testing.assert_allclose(leaf / scale, expected / scale, atol=1e-5)
+
+
+def test_matmul_rows_has_the_gradients_of_a_matmul():
+    x, kernel, cotangent = _normal(2, 5, 7), _normal(7, 3), _normal(2, 5, 3)
+    np.testing.assert_allclose(matmul_rows(x, kernel), x @ kernel, rtol=1e-6)
+    ours = jax.vjp(matmul_rows, x, kernel)[1](cotangent)
+    reference = jax.vjp(jnp.matmul, x, kernel)[1](cotangent)
+    _assert_same_gradients(ours, reference)
 
 
 @pytest.mark.parametrize("module", ["encoder", "decoder"])
