@@ -307,8 +307,11 @@ class ConvDecoder(hk.Module):
         """The decoded images; with a `target`, their `nll` instead (one parameter scope for both)."""
         x, lead = _flatten_leading(features, 1)
         x = hk.Linear(self.embed_size, name="dense")(x)
-        decode = self._plain_decoder() if self.engine == "plain" else self._fast_decoder(x.shape[-1])
-        chunk = 0 if self.engine == "plain" else self.chunk  # haiku modules cannot run inside lax.map
+        if self.engine == "plain":
+            decode, chunk = self._plain_decoder(), 0  # haiku modules cannot run inside lax.map
+        else:
+            x, decode = self._fast_decoder(x)
+            chunk = self.chunk
         if target is None:
             images = map_in_chunks(decode, x, chunk)
             return images.reshape(*lead, *images.shape[1:])
@@ -330,9 +333,12 @@ class ConvDecoder(hk.Module):
         return decode
 
     @hk.transparent
-    def _fast_decoder(self, embed_size: int) -> Callable[[jax.Array], jax.Array]:
+    def _fast_decoder(self, embedded: jax.Array) -> tuple[jax.Array, Callable[[jax.Array], jax.Array]]:
+        """Runs the first transposed convolution (1x1 input: a dense matmul) on all ``[N, embed]`` frames at
+        once, where its kernel is read once rather than once per chunk; returns its ``[N, k, k, C]`` output
+        and the function that decodes chunks of it into images."""
         widths = self._widths()
-        shapes = zip(DECODER_KERNELS, (embed_size,) + widths[:-1], widths, strict=True)
+        shapes = zip(DECODER_KERNELS, (embedded.shape[-1],) + widths[:-1], widths, strict=True)
         layers, height = [], 1
         for index, (kernel, cin, width) in enumerate(shapes):
             w, b = _ConvWeights(name=f"deconv{index}")(kernel, cin, width, True)
@@ -340,13 +346,16 @@ class ConvDecoder(hk.Module):
             layers.append((transposed_conv_kernel(w, form), b, kernel, form))  # laid out once, as in the encoder
             height = 2 * (height - 1) + kernel
 
-        def decode(rows):
-            y = rows[:, None, None, :]
-            for index, (kernel, b, size, form) in enumerate(layers):
-                y = transposed_conv_by_matmul(y, kernel, size, form) + b
-                y = y if index == len(layers) - 1 else jax.nn.relu(y)
+        def layer(y, index):
+            kernel, b, size, form = layers[index]
+            y = transposed_conv_by_matmul(y, kernel, size, form) + b
+            return y if index == len(layers) - 1 else jax.nn.relu(y)
+
+        def decode(y):
+            for index in range(1, len(layers)):
+                y = layer(y, index)
             return y
-        return decode
+        return layer(embedded[:, None, None, :], 0), decode
 
 
 class MLP(hk.Module):
