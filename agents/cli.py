@@ -214,5 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``bayes-planet`` command: `main` in a process whose malloc uses transparent huge pages
+    (`bayes_planet.memory.restart_with_huge_pages`; ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` opts out)."""
+    from bayes_planet.memory import restart_with_huge_pages
+
+    restart_with_huge_pages([sys.executable, "-m", "agents.cli", *sys.argv[1:]])
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

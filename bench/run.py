@@ -25,6 +25,11 @@ import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+from bayes_planet import memory  # noqa: E402
+
+if __name__ == "__main__":  # before JAX loads; the peer, the RSS child and `bayes-planet` run the same way
+    memory.restart_with_huge_pages([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,7 +38,6 @@ from train_step import PRESETS, matmul_gflops  # noqa: E402
 from train_step import bench as bench_train_step  # noqa: E402
 
 from agents.agent import make_planner  # noqa: E402
-from bayes_planet import memory  # noqa: E402
 from bayes_planet.config import load_config  # noqa: E402
 from bayes_planet.objectives import make_objective  # noqa: E402
 from bayes_planet.planners import world_model_scorer  # noqa: E402
@@ -217,7 +221,8 @@ def main() -> None:
     if args.set:
         print("overrides:", " ".join(args.set))
     print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}, {os.cpu_count()} CPU threads; "
-          f"float32 4096^2 matmul: {peak:.0f} GFLOP/s", flush=True)
+          f"float32 4096^2 matmul: {peak:.0f} GFLOP/s; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}",
+          flush=True)
     rows: list[tuple[str, str]] = []
 
     def show(new_rows, prefix=""):

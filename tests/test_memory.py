@@ -1,5 +1,8 @@
 import logging
+import os
+import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -35,3 +38,53 @@ def test_release_freed_heap_gives_freed_pages_back_to_the_os():
     assert memory.release_freed_heap()
     assert before - _resident_mib() > 200, "the freed 300 MB stayed resident"
     assert len(last) == 100_000
+
+
+HUGE_PAGE_CHILD = textwrap.dedent("""
+    import ctypes, os, sys
+    from bayes_planet.memory import restart_with_huge_pages
+    restart_with_huge_pages([sys.executable, __file__])
+
+    def huge_page_kib():
+        with open("/proc/self/smaps_rollup") as rollup:
+            return next(int(line.split()[1]) for line in rollup if line.startswith("AnonHugePages:"))
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    before = huge_page_kib()
+    block = libc.malloc(64 << 20)
+    ctypes.memset(block, 1, 64 << 20)
+    print(os.environ.get("GLIBC_TUNABLES", ""))
+    print(huge_page_kib() - before)
+""")
+
+
+def _run_huge_page_child(tmp_path, tunables: str | None) -> tuple[str, int]:
+    """(GLIBC_TUNABLES after the restart, KiB of a fresh 64 MiB malloc block on huge pages)."""
+    script = tmp_path / "child.py"
+    script.write_text(HUGE_PAGE_CHILD)
+    environ = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    if tunables is not None:
+        environ["GLIBC_TUNABLES"] = tunables
+    done = subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, check=True)
+    tunables_after, huge_kib = done.stdout.splitlines()
+    return tunables_after, int(huge_kib)
+
+
+@pytest.mark.skipif(memory.huge_pages_environment({}) is None,
+                    reason="needs glibc >= 2.35 and the kernel's transparent huge pages in 'madvise' mode")
+def test_restart_with_huge_pages_puts_malloc_blocks_on_huge_pages_and_keeps_other_tunables(tmp_path):
+    tunables, huge_kib = _run_huge_page_child(tmp_path, "glibc.malloc.arena_max=4")
+    assert tunables == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"
+    assert huge_kib >= 60 * 1024, f"only {huge_kib} KiB of the 64 MiB block is on huge pages"
+    tunables, huge_kib = _run_huge_page_child(tmp_path, None)
+    assert tunables == "glibc.malloc.hugetlb=1" and huge_kib >= 60 * 1024
+
+
+@pytest.mark.skipif(memory.huge_pages_environment({}) is None,
+                    reason="needs glibc >= 2.35 and the kernel's transparent huge pages in 'madvise' mode")
+def test_a_hugetlb_tunable_already_set_opts_out_of_the_restart(tmp_path):
+    assert memory.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    tunables, huge_kib = _run_huge_page_child(tmp_path, "glibc.malloc.hugetlb=0")
+    assert tunables == "glibc.malloc.hugetlb=0"
+    assert huge_kib < 4 * 1024, f"{huge_kib} KiB on huge pages after opting out"
