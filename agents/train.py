@@ -118,7 +118,7 @@ class Trainer:
         self.model = make_model(c, self.env)
         self.optimizer = make_optimizer(c.train.learning_rate, c.train.adam_eps, c.train.grad_clip,
                                         c.train.warmup_steps)
-        self.train_step = make_train_step(self.model, self.optimizer, self.mesh)
+        self.train_step = make_train_step(self.model, self.optimizer, self.mesh, donate=True)
         self._train_step_compiled = False  # compiled ahead of its first call, see `memory.compile_ahead`
         self.agent = PlanetAgent.from_config(self.model, c)
         self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)

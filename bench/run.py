@@ -179,7 +179,7 @@ def rss_child(directory: str, preset: str) -> None:
     replay = Replay(directory, config.train.replay_in_memory or None)
     model = WorldModel(config.model, ACTION_DIM)
     optimizer = make_optimizer()
-    step = make_train_step(model, optimizer)
+    step = make_train_step(model, optimizer, donate=True)  # as the trainer does
     rng = np.random.default_rng(0)
     keys = ("observation", "action", "reward")
     sample = lambda: {k: v for k, v in replay.sample(config.train.batch_size, config.train.sequence_length,

@@ -70,7 +70,7 @@ def bench(name: str, repeats: int, overrides: tuple[str, ...] = ()) -> dict:
     params = model.init(jax.random.PRNGKey(0), {k: v[:1, :2] for k, v in batch.items()})
     optimizer = make_optimizer()
     opt_state = optimizer.init(params)
-    step = make_train_step(model, optimizer)
+    step = make_train_step(model, optimizer, donate=True)  # as the trainer does
     flops = step_flops(config, action_dim, batch, params, opt_state)
     state = {"params": params, "opt_state": opt_state, "calls": 0}
 

@@ -10,6 +10,8 @@ from conftest import tiny_config
 from bayes_planet.world_model import (
     WorldModel,
     dither,
+    make_optimizer,
+    make_train_step,
     pixels_to_uint8,
     preprocess_pixels,
 )
@@ -124,6 +126,20 @@ def test_per_sequence_training_weights():
     assert np.isfinite(jax.jit(model.loss)(params, KEY, _batch())[0])
     with pytest.raises(ValueError, match="train_weights must be one of"):
         WorldModel(tiny_config(train_weights="sometimes"), A)
+
+
+def test_a_donating_train_step_makes_the_same_update_and_consumes_its_inputs(model_and_params):
+    model, params = model_and_params
+    optimizer = make_optimizer()
+    opt_state = optimizer.init(params)
+    expected = make_train_step(model, optimizer)(params, opt_state, KEY, _batch())
+    donated = jax.tree.map(jnp.copy, (params, opt_state))
+    updated = make_train_step(model, optimizer, donate=True)(*donated, KEY, _batch())
+    assert all(leaf.is_deleted() for leaf in jax.tree.leaves(donated))
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves((params, opt_state)))
+    for new, old in zip(jax.tree.leaves(updated), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(new, old, rtol=1e-6, atol=1e-7)
+    assert float(updated[2]["nonfinite"]) == 0
 
 
 def test_pixel_preprocessing_is_5_bit_with_dequantization_noise():
