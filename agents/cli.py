@@ -219,7 +219,7 @@ def run() -> None:
     (`bayes_planet.memory.restart_with_huge_pages`; ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` opts out)."""
     from bayes_planet.memory import restart_with_huge_pages
 
-    restart_with_huge_pages([sys.executable, "-m", "agents.cli", *sys.argv[1:]])
+    restart_with_huge_pages()
     sys.exit(main())
 
 

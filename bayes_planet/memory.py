@@ -68,13 +68,18 @@ def huge_pages_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, HUGE_PAGES_TUNABLE + "=1"]))}
 
 
-def restart_with_huge_pages(argv: Sequence[str]) -> None:
-    """Re-execute this process as `argv` (``[interpreter, ...]``) with `huge_pages_environment`, or return
-    when there is nothing to gain. Call it first thing in a program's entry point: the process is replaced
-    (same PID and open files; pending output is flushed first)."""
+def restart_with_huge_pages(argv: Sequence[str] | None = None) -> None:
+    """Re-execute this process with `huge_pages_environment`, or return when there is nothing to gain or
+    the restart cannot be made. `argv` (``[interpreter, ...]``) defaults to this process's own command
+    line, interpreter options included (``sys.orig_argv``). Call it first thing in a program's entry
+    point: the process is replaced (same PID and open files; pending output is flushed first)."""
     environ = huge_pages_environment(os.environ)
-    if environ is None:
+    argv = list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]]
+    if environ is None or not argv[0]:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], list(argv), environ)
+    try:
+        os.execve(argv[0], argv, environ)
+    except OSError:  # e.g. an embedded interpreter without an executable: run on, with 4 KiB pages
+        return

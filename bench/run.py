@@ -28,7 +28,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from bayes_planet import memory  # noqa: E402
 
 if __name__ == "__main__":  # before JAX loads; the peer, the RSS child and `bayes-planet` run the same way
-    memory.restart_with_huge_pages([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    memory.restart_with_huge_pages()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

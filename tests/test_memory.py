@@ -43,7 +43,7 @@ def test_release_freed_heap_gives_freed_pages_back_to_the_os():
 HUGE_PAGE_CHILD = textwrap.dedent("""
     import ctypes, os, sys
     from bayes_planet.memory import restart_with_huge_pages
-    restart_with_huge_pages([sys.executable, __file__])
+    restart_with_huge_pages()
 
     def huge_page_kib():
         with open("/proc/self/smaps_rollup") as rollup:
@@ -56,6 +56,7 @@ HUGE_PAGE_CHILD = textwrap.dedent("""
     ctypes.memset(block, 1, 64 << 20)
     print(os.environ.get("GLIBC_TUNABLES", ""))
     print(huge_page_kib() - before)
+    print(sys.flags.utf8_mode)  # interpreter options survive the restart
 """)
 
 
@@ -66,8 +67,10 @@ def _run_huge_page_child(tmp_path, tunables: str | None) -> tuple[str, int]:
     environ = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
     if tunables is not None:
         environ["GLIBC_TUNABLES"] = tunables
-    done = subprocess.run([sys.executable, str(script)], env=environ, capture_output=True, text=True, check=True)
-    tunables_after, huge_kib = done.stdout.splitlines()
+    done = subprocess.run([sys.executable, "-X", "utf8", str(script)], env=environ, capture_output=True,
+                          text=True, check=True)
+    tunables_after, huge_kib, utf8_mode = done.stdout.splitlines()
+    assert utf8_mode == "1"
     return tunables_after, int(huge_kib)
 
 
