@@ -264,13 +264,13 @@ def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation, 
     of those passed in, which are deleted by the call (rebind them to the results): one copy of each
     instead of two at the peak.
     """
-    shardings = dict(donate_argnums=(0, 1)) if donate else {}
+    jit_options = dict(donate_argnums=(0, 1)) if donate else {}
     if mesh is not None:
         everywhere = parallel.replicated(mesh)
-        shardings.update(in_shardings=(everywhere, everywhere, everywhere, parallel.split_leading(mesh)),
-                         out_shardings=everywhere)
+        jit_options.update(in_shardings=(everywhere, everywhere, everywhere, parallel.split_leading(mesh)),
+                           out_shardings=everywhere)
 
-    @functools.partial(jax.jit, **shardings)
+    @functools.partial(jax.jit, **jit_options)
     def step(params, opt_state, key, batch):
         (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch)
         grad_norm = optax.tree.norm(grads)
