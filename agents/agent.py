@@ -43,8 +43,9 @@ class PlanetAgent:
     """
 
     def __init__(self, model: WorldModel, planner: Planner, objective: str = "mean", weight_samples: int = 4,
-                 beta: float = 1.0, alpha: float = 0.1, thompson_every: str = "plan", mesh: Mesh | None = None):
-        self.model, self.planner, self.mesh = model, planner, mesh
+                 beta: float = 1.0, alpha: float = 0.1, thompson_every: str = "plan", mesh: Mesh | None = None,
+                 matmul_dtype: str = "float32"):
+        self.model, self.planner, self.mesh, self.matmul_dtype = model, planner, mesh, matmul_dtype
         self.objective = make_objective(objective, beta, alpha)
         # Thompson sampling rolls out one posterior sample; the other objectives use K of them
         self.weight_samples = 1 if objective == "thompson" else weight_samples
@@ -61,7 +62,7 @@ class PlanetAgent:
         c = config.planner
         mesh = parallel.device_mesh(jax.local_devices()) if config.parallel.candidates else None
         return cls(model, make_planner(config), c.objective, c.weight_samples, c.beta, c.alpha, c.thompson_every,
-                   mesh)
+                   mesh, c.matmul_dtype)
 
     def reset(self, key: jax.Array) -> AgentState:
         """The state at the start of an episode; `key` draws the episode's weight sample."""
@@ -75,7 +76,7 @@ class PlanetAgent:
         latent = self.model.observe(params, key_filter, state.latent, observation[None], state.action)
         weights_key = state.weights_key if self.hold_weights_for_episode else key_weights
         score = world_model_scorer(self.model, params, weights_key, self.objective, self.weight_samples,
-                                   self.mesh)
+                                   self.mesh, self.matmul_dtype)
         action, plan = self.planner(key_plan, score, latent, state.plan)
         action = jnp.clip(action + noise_std * jax.random.normal(key_noise, action.shape), -1.0, 1.0)
         return action, AgentState(latent, action[None], plan, state.weights_key)

@@ -57,8 +57,9 @@ def random_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.nd
             "reward": rng.uniform(0, 1, (batch_size, length)).astype(np.float32)}
 
 
-def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """CEM call (K weight samples, and the posterior mean) and one filter step, at a preset's sizes."""
+def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()):
+    """CEM call (K weight samples, the posterior mean, and the posterior mean with bfloat16 matmuls) and one
+    filter step, at a preset's sizes. Returns the rows and the posterior-mean calls by matmul dtype."""
     config = load_config(PRESETS[preset], overrides)
     model = WorldModel(config.model, ACTION_DIM)
     params = model.init(jax.random.PRNGKey(0), random_batch(1, 2))
@@ -66,27 +67,31 @@ def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()) ->
     state = model.initial_state(1)
     plan0 = planner.initial_plan(ACTION_DIM)
     p = config.planner
-    rows, calls = [], {}
-    for samples in (p.weight_samples, 0):
-        score = world_model_scorer(model, params, jax.random.PRNGKey(1), make_objective(p.objective, p.beta, p.alpha),
-                                   samples)
-        call = jax.jit(lambda key, state, plan, score=score: planner(key, score, state, plan))
-        calls[samples] = lambda call=call: jax.block_until_ready(call(jax.random.PRNGKey(2), state, plan0))
-        seconds = median_seconds(calls[samples], repeats)
+    objective = make_objective(p.objective, p.beta, p.alpha)
+    rows, mean_calls = [], {}
+    for samples, dtype in ((p.weight_samples, "float32"), (0, "float32"), (0, "bfloat16")):
+        score = world_model_scorer(model, params, jax.random.PRNGKey(1), objective, samples, matmul_dtype=dtype)
+        compiled = jax.jit(lambda key, state, plan, score=score: planner(key, score, state, plan))
+        call = lambda compiled=compiled: jax.block_until_ready(compiled(jax.random.PRNGKey(2), state, plan0))
+        if not samples:
+            mean_calls[dtype] = call
+        seconds = median_seconds(call, repeats)
         label = f"K={samples} weight samples" if samples else "posterior mean (K=0)"
-        rows.append((f"CEM call, {label}", f"{seconds * 1e3:.1f} ms"))
+        rows.append((f"CEM call, {label}" + (f", {dtype} matmuls" if dtype != "float32" else ""),
+                     f"{seconds * 1e3:.1f} ms"))
     frame = jnp.asarray(random_batch(1, 1)["observation"][0, 0])
     observe = jax.jit(lambda key, state, frame: model.observe(params, key, state, frame[None],
                                                              jnp.zeros((1, ACTION_DIM))))
     seconds = median_seconds(lambda: jax.block_until_ready(observe(jax.random.PRNGKey(3), state, frame)), repeats)
     rows.append(("filter one observation", f"{seconds * 1e3:.2f} ms"))
     header = f"  [{p.name.upper()} {p.horizon} / {p.iterations} / {p.candidates} / {p.top_k}]"
-    return [(rows[0][0] + header, rows[0][1])] + rows[1:], calls[0]
+    return [(rows[0][0] + header, rows[0][1])] + rows[1:], mean_calls
 
 
 def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[str, str]]:
     """Time the peer (`bench/peer_torch.py --serve`, run by `python`, an interpreter with torch) call by call,
-    alternating with our own calls in `ours` ({"train": fn, "plan": fn}), and print both medians and the ratio.
+    alternating with our own calls in `ours` ({"train": fn, "plan": fn, "plan_bfloat16": fn}), and print both
+    medians and the ratio.
     One warm-up call each first; a pause between calls lets the other process's worker threads go idle."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_torch.py")
     peer = subprocess.Popen([python, script, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -107,14 +112,16 @@ def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[
 
     rows = []
     try:
-        for kind, label in (("train", "train step"), ("plan", "CEM call (ours: posterior mean, K=0)")):
+        for kind, peer_kind, label in (("train", "train", "train step"),
+                                       ("plan", "plan", "CEM call (ours: posterior mean, K=0)"),
+                                       ("plan_bfloat16", "plan", "CEM call (ours: K=0, bfloat16 matmuls)")):
             if kind not in ours:
                 continue
             times = {"ours": [], "peer": []}
             for index in range(repeats + 1):  # the first round warms both up
-                for who, call in (("ours", our_call), ("peer", peer_call)):
+                for who, call, name in (("ours", our_call, kind), ("peer", peer_call, peer_kind)):
                     time.sleep(0.5)
-                    seconds = call(kind)
+                    seconds = call(name)
                     if index:
                         times[who].append(seconds)
             mine, theirs = (float(np.median(times[who])) for who in ("ours", "peer"))
@@ -241,7 +248,8 @@ def main() -> None:
                   ("  GFLOP per step / achieved GFLOP/s / share of matmul",
                    f"{r['gflop']:.1f} / {r['gflops_per_s']:.1f} / {r['gflops_per_s'] / peak:.1%}")], f"{preset}: ")
         if "plan" not in args.skip:
-            plan, ours["plan"] = planning_rows(preset, args.repeats, tuple(args.set))
+            plan, mean_calls = planning_rows(preset, args.repeats, tuple(args.set))
+            ours["plan"], ours["plan_bfloat16"] = mean_calls["float32"], mean_calls["bfloat16"]
             show(plan, f"{preset}: ")
         if args.peer and preset == "planet":
             show(peer_rows(args.peer, args.repeats, ours))

@@ -25,9 +25,11 @@ def _records(logdir, kind):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """2 random episodes, 3 updates, 1 collected episode, 1 evaluation: about a minute."""
+    """2 random episodes, 3 updates, 1 collected episode, 1 evaluation: about a minute. It plans with
+    bfloat16 matmuls (the resume test below plans with the default float32 ones)."""
     logdir = str(tmp_path_factory.mktemp("tiny") / "run")
-    config = load_config("default", TINY_RUN + [f"train.env_steps={3 * EPISODE_ENV_STEPS}"])
+    config = load_config("default", TINY_RUN + [f"train.env_steps={3 * EPISODE_ENV_STEPS}",
+                                                "planner.matmul_dtype=bfloat16"])
     return logdir, Trainer(logdir, config, progress=False).run()
 
 
@@ -35,6 +37,7 @@ def test_training_run_writes_its_run_directory(tiny_run):
     logdir, result = tiny_run
     for name in ("config.yaml", "checkpoint.pkl", "metrics.jsonl", "learning_curve.png", "tensorboard"):
         assert os.path.exists(os.path.join(logdir, name)), name
+    assert load_config(os.path.join(logdir, "config.yaml")).planner.matmul_dtype == "bfloat16"
     assert os.listdir(os.path.join(logdir, "videos")) == [f"eval-{3 * EPISODE_ENV_STEPS:08d}.mp4"]
     assert len(os.listdir(os.path.join(logdir, "held_out"))) == 1  # the evaluation episode, never trained on
     openloop = sorted(os.listdir(os.path.join(logdir, "openloop")))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from bayes_planet import parallel
+from bayes_planet.precision import with_matmul_dtype
 
 ScoreFn = Callable[[jax.Array, Any, jax.Array], jax.Array]
 
@@ -43,14 +44,16 @@ def check_sizes(planner: Any, names: tuple[str, ...]) -> None:
 
 
 def world_model_scorer(model, params, weights_key: jax.Array | None, objective: Callable[[jax.Array], jax.Array],
-                       weight_samples: int, mesh: Mesh | None = None) -> ScoreFn:
+                       weight_samples: int, mesh: Mesh | None = None, matmul_dtype: str = "float32") -> ScoreFn:
     """Score candidates by their imagined return under `weight_samples` transition samples, each held
     fixed along the whole horizon, reduced by `objective` (``returns [N, K] -> scores [N]``).
 
     With ``weight_samples == 0`` the posterior-mean transition is used (K = 1; plain PlaNet). The samples
     are drawn from `weights_key`, so the same key gives the same K models (hold it for an episode for
     Thompson sampling per episode). With a `mesh` the ``K x N`` rollouts are split over its devices.
+    `matmul_dtype` "bfloat16" runs the rollouts' matmuls on bfloat16 inputs (`precision.with_matmul_dtype`).
     """
+    imagine = with_matmul_dtype(model.imagine, matmul_dtype)
 
     def score(key: jax.Array, state: Any, actions: jax.Array) -> jax.Array:
         count = actions.shape[0]
@@ -60,7 +63,7 @@ def world_model_scorer(model, params, weights_key: jax.Array | None, objective: 
             weights, samples = model.sample_weights(params, weights_key, weight_samples), weight_samples
         # rows form K contiguous groups of all candidates; group k is rolled out with weight sample k
         rows = parallel.constrain_rows(jnp.tile(actions, (samples, 1, 1)), mesh)
-        rewards, _ = model.imagine(params, key, state, rows, weights)
+        rewards, _ = imagine(params, key, state, rows, weights)
         returns = jnp.sum(rewards, axis=-1).reshape(samples, count).T
         return objective(returns)
 
