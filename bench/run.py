@@ -58,8 +58,8 @@ def random_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.nd
 
 
 def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()):
-    """CEM call (K weight samples, the posterior mean, and the posterior mean with bfloat16 matmuls) and one
-    filter step, at a preset's sizes. Returns the rows and the posterior-mean calls by matmul dtype."""
+    """CEM call (K weight samples, and the posterior mean; float32 and bfloat16 matmuls) and one filter step,
+    at a preset's sizes. Returns the rows and the posterior-mean calls by matmul dtype."""
     config = load_config(PRESETS[preset], overrides)
     model = WorldModel(config.model, ACTION_DIM)
     params = model.init(jax.random.PRNGKey(0), random_batch(1, 2))
@@ -69,7 +69,8 @@ def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()):
     p = config.planner
     objective = make_objective(p.objective, p.beta, p.alpha)
     rows, mean_calls = [], {}
-    for samples, dtype in ((p.weight_samples, "float32"), (0, "float32"), (0, "bfloat16")):
+    for samples, dtype in ((p.weight_samples, "float32"), (p.weight_samples, "bfloat16"), (0, "float32"),
+                           (0, "bfloat16")):
         score = world_model_scorer(model, params, jax.random.PRNGKey(1), objective, samples, matmul_dtype=dtype)
         compiled = jax.jit(lambda key, state, plan, score=score: planner(key, score, state, plan))
         call = lambda compiled=compiled: jax.block_until_ready(compiled(jax.random.PRNGKey(2), state, plan0))
