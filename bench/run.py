@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -33,7 +32,7 @@ if __name__ == "__main__":  # before JAX loads; the peer, the RSS child and `bay
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from timing import alternating_medians, median_seconds  # noqa: E402
 from train_step import PRESETS, matmul_gflops  # noqa: E402
 from train_step import bench as bench_train_step  # noqa: E402
 
@@ -92,8 +91,7 @@ def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()):
 def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[str, str]]:
     """Time the peer (`bench/peer_torch.py --serve`, run by `python`, an interpreter with torch) call by call,
     alternating with our own calls in `ours` ({"train": fn, "plan": fn, "plan_bfloat16": fn}), and print both
-    medians and the ratio.
-    One warm-up call each first; a pause between calls lets the other process's worker threads go idle."""
+    medians and the ratio (`alternating_medians`, half a second's pause before each call)."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_torch.py")
     peer = subprocess.Popen([python, script, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     header = peer.stdout.readline()
@@ -106,11 +104,6 @@ def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[
         peer.stdin.flush()
         return float(peer.stdout.readline())
 
-    def our_call(kind: str) -> float:
-        start = time.perf_counter()
-        ours[kind]()
-        return time.perf_counter() - start
-
     rows = []
     try:
         for kind, peer_kind, label in (("train", "train", "train step"),
@@ -118,14 +111,9 @@ def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[
                                        ("plan_bfloat16", "plan", "CEM call (ours: K=0, bfloat16 matmuls)")):
             if kind not in ours:
                 continue
-            times = {"ours": [], "peer": []}
-            for index in range(repeats + 1):  # the first round warms both up
-                for who, call, name in (("ours", our_call, kind), ("peer", peer_call, peer_kind)):
-                    time.sleep(0.5)
-                    seconds = call(name)
-                    if index:
-                        times[who].append(seconds)
-            mine, theirs = (float(np.median(times[who])) for who in ("ours", "peer"))
+            medians = alternating_medians({"ours": ours[kind], "peer": lambda kind=peer_kind: peer_call(kind)},
+                                          repeats, pause=0.5, self_timed=("peer",))
+            mine, theirs = medians["ours"], medians["peer"]
             rows.append((f"{label}, alternating with the peer: ours / peer",
                          f"{mine:.3f} s / {theirs:.3f} s = {mine / theirs:.2f}x"))
     finally:
@@ -136,7 +124,7 @@ def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[
 
 
 def env_rows(repeats: int) -> list[tuple[str, str]]:
-    """Our env step (action repeat 4, one render) against the bare dm_control calls it makes."""
+    """Our env step (action repeat 4, one render) against the bare dm_control calls it makes, taking turns."""
     from dm_control import suite
 
     import envs
@@ -145,7 +133,6 @@ def env_rows(repeats: int) -> list[tuple[str, str]]:
     env = envs.make("dmc:cheetah-run", seed=0)
     env.reset(seed=0)
     action = np.zeros(env.action_space.shape, np.float32)
-    ours = median_seconds(lambda: env.step(action), steps)
     bare = suite.load("cheetah", "run", task_kwargs={"random": 0})
     bare.reset()
     repeat = env.unwrapped.action_repeat
@@ -155,7 +142,8 @@ def env_rows(repeats: int) -> list[tuple[str, str]]:
             bare.step(action)
         bare.physics.render(64, 64, camera_id=0)
 
-    reference = median_seconds(bare_step, steps)
+    medians = alternating_medians({"ours": lambda: env.step(action), "bare": bare_step}, steps)
+    ours, reference = medians["ours"], medians["bare"]
     return [(f"env step (cheetah-run, repeat {repeat} + one 64x64 render)", f"{ours * 1e3:.2f} ms"),
             ("  bare dm_control: 4 physics steps + render", f"{reference * 1e3:.2f} ms ({ours / reference - 1:+.1%})")]
 
