@@ -38,8 +38,9 @@ def test_sharded_train_step_equals_the_single_device_step(two_devices):
     assert result["params_difference"] < 1e-4
 
 
-def test_sharded_cem_picks_the_same_action_for_the_same_key(two_devices):
-    single, sharded = two_devices["actions"]
+@pytest.mark.parametrize("matmul_dtype", ["float32", "bfloat16"])
+def test_sharded_cem_picks_the_same_action_for_the_same_key(two_devices, matmul_dtype):
+    single, sharded = two_devices["actions"][matmul_dtype]
     np.testing.assert_allclose(sharded, single, atol=1e-5)
 
 

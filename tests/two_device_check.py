@@ -47,10 +47,13 @@ def main(logdir: str, tiny_run: list[str]) -> None:
     hlo = sharded_step.lower(params, opt_state, key, sharded_batch).compile().as_text()
 
     planner = CEM(horizon=5, iterations=3, candidates=32, top_k=4)
-    agents = [PlanetAgent(model, planner, "optimistic", weight_samples=2, mesh=m) for m in (None, mesh)]
     frame = episodes[0]["observation"][3]
-    actions = [agent.step(params, jax.random.PRNGKey(7), agent.reset(jax.random.PRNGKey(3)), frame)[0]
-               for agent in agents]
+    actions = {}
+    for dtype in ("float32", "bfloat16"):
+        agents = [PlanetAgent(model, planner, "optimistic", weight_samples=2, mesh=m, matmul_dtype=dtype)
+                  for m in (None, mesh)]
+        actions[dtype] = [np.asarray(agent.step(params, jax.random.PRNGKey(7), agent.reset(jax.random.PRNGKey(3)),
+                                                frame)[0]).tolist() for agent in agents]
 
     config = load_config("default", tiny_run + ["parallel.data=true", "parallel.candidates=true",
                                                 "train.batch_size=4", "train.eval_episodes=0",
@@ -66,7 +69,7 @@ def main(logdir: str, tiny_run: list[str]) -> None:
         "metrics_difference": max_relative_difference(sharded[2], single[2]),
         "params_difference": max_relative_difference(sharded[0], single[0]),
         "grad_difference": max_relative_difference(grad_sharded(params, batch), grad(params, batch)),
-        "actions": [np.asarray(a).tolist() for a in actions],
+        "actions": actions,
         "run_updates": trainer.updates,
         "run_train_batch_devices": len(trainer.mesh.devices.flat),
         "run_episodes": len(trainer.replay),
