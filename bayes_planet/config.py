@@ -20,7 +20,7 @@ from bayes_planet.bayes import LAYER_KINDS
 from bayes_planet.networks import CONV_ENGINES
 from bayes_planet.objectives import OBJECTIVES
 from bayes_planet.precision import MATMUL_DTYPES
-from bayes_planet.world_model import TRAIN_WEIGHTS, ModelConfig
+from bayes_planet.world_model import FREE_NATS_SIDES, TRAIN_WEIGHTS, ModelConfig
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -109,6 +109,7 @@ CHOICES = {
     "model.conv_engine": CONV_ENGINES,
     "model.transition": LAYER_KINDS,
     "model.train_weights": TRAIN_WEIGHTS,
+    "model.free_nats_side": FREE_NATS_SIDES,
     "planner.name": ("cem", "random_shooting"),
     "planner.objective": OBJECTIVES,
     "planner.thompson_every": ("plan", "episode"),

@@ -20,12 +20,13 @@ from jax.sharding import Mesh
 
 from bayes_planet import bayes, parallel
 from bayes_planet.bayes import Weights
-from bayes_planet.distributions import unit_gaussian_nll
+from bayes_planet.distributions import DiagGaussian, unit_gaussian_nll
 from bayes_planet.networks import ConvDecoder, ConvEncoder, reward_head, vector_decoder, vector_encoder
 from bayes_planet.rssm import RSSM, RSSMState, zero_state
 
 PIXEL_SHAPE = (64, 64, 3)
 TRAIN_WEIGHTS = ("fresh", "per_sequence")
+FREE_NATS_SIDES = ("posterior", "both")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +37,20 @@ class ModelConfig:
       layers); same parameters and function. conv_chunk: frames per checkpointed chunk (0: one chunk).
     transition: posterior family of the transition's dense layers ("deterministic" is plain PlaNet).
     train_weights: "fresh" (a new draw per call, per the estimator) or "per_sequence" (one weight sample
-      held along each training sequence). weight_kl_scale multiplies the weight KL in the loss
-      (PlaNet's schedule: 1 / (100 updates x 50 sequences) per collected episode).
+      held along each training sequence).
+    weight_kl_scale: multiplies the weight KL in the loss. The data term is a mean per sequence step, so
+      the ELBO's scale is 1 / (sequence steps the data term stands for); the default is PlaNet's schedule
+      in those units, 1 / (100 updates x 50 sequences x 50 steps) per collected episode = 4e-6. The old
+      default, 2e-4 (the same schedule per sequence, 50x too strong for a per-step data term), let the
+      weight KL outweigh the small data gradient of the transition's prior layers: Adam turned it into a
+      steady climb of their posterior std toward the N(0, prior_std^2) prior (0.01 -> 0.3 in 2000 updates
+      of the quickstart model, 0.78 after a 100k-step run), and imagination under sampled weights became
+      noise (issue 17; `bench/imagination.py` measures it).
+    free_nats_side: which side of the latent KL free nats switch off at steps whose KL is below
+      `free_nats`: "both" (PlaNet: neither distribution gets a gradient there) or "posterior" (the
+      posterior is not pulled toward the prior there, but the prior always learns to predict the posterior;
+      see `free_nats_kl`). "posterior" did not stop the drift above on its own (measured: prior_out std
+      0.31 vs 0.30 after 2000 updates), so PlaNet's "both" stays the default.
     """
 
     observation: str = "pixels"
@@ -55,9 +68,10 @@ class ModelConfig:
     prior_std: float = 1.0
     posterior_std_init: float = 0.01
     dropout_rate: float = 0.1
-    weight_kl_scale: float = 2e-4
+    weight_kl_scale: float = 4e-6
     train_weights: str = "fresh"
     free_nats: float = 3.0
+    free_nats_side: str = "both"
     reward_scale: float = 10.0
     image_bits: int = 5
 
@@ -83,6 +97,25 @@ def preprocess_pixels(image: jax.Array, key: jax.Array | None, bits: int = 5) ->
     return x + noise / bins - 0.5
 
 
+def free_nats_kl(posterior: DiagGaussian, prior: DiagGaussian, free_nats: float, side: str = "both"):
+    """Mean over ``[B, T]`` of ``max(KL(posterior || prior), free_nats)``, in nats per step (its value).
+
+    Its gradient depends on `side` (one of `FREE_NATS_SIDES`). "both" (PlaNet): a step whose KL is below
+    `free_nats` sends no gradient to either distribution. "posterior": such a step sends none to the
+    posterior (free nats keep it from collapsing onto the prior) but the prior, through a stop-gradient on
+    the posterior, always gets the gradient of ``KL(sg(posterior) || prior)``: above free nats both sides
+    get exactly PlaNet's gradient, and the transition never stops learning from the data.
+    """
+    if side not in FREE_NATS_SIDES:
+        raise ValueError(f"model.free_nats_side must be one of {FREE_NATS_SIDES}, got {side!r}")
+    if side == "both":
+        return jnp.mean(jnp.maximum(posterior.kl(prior), free_nats))
+    frozen = lambda distribution: jax.tree.map(jax.lax.stop_gradient, distribution)
+    clipped = jnp.mean(jnp.maximum(posterior.kl(frozen(prior)), free_nats))
+    prior_side = jnp.mean(frozen(posterior).kl(prior))
+    return clipped + prior_side - jax.lax.stop_gradient(prior_side)
+
+
 def pixels_to_uint8(image: jax.Array) -> jax.Array:
     """Model-space pixels in [-0.5, 0.5] -> uint8 ``[..., 64, 64, 3]``."""
     return jnp.clip(jnp.round((image + 0.5) * 255.0), 0, 255).astype(jnp.uint8)
@@ -100,6 +133,8 @@ class WorldModel:
     def __init__(self, config: ModelConfig, action_dim: int, obs_shape: tuple[int, ...] = PIXEL_SHAPE):
         if config.observation == "pixels" and tuple(obs_shape) != PIXEL_SHAPE:
             raise ValueError(f"pixel observations must have shape {PIXEL_SHAPE}, got {tuple(obs_shape)}")
+        if config.free_nats_side not in FREE_NATS_SIDES:
+            raise ValueError(f"model.free_nats_side must be one of {FREE_NATS_SIDES}, got {config.free_nats_side!r}")
         if config.train_weights not in TRAIN_WEIGHTS:
             raise ValueError(f"model.train_weights must be one of {TRAIN_WEIGHTS}, got {config.train_weights!r}")
         self.config, self.action_dim, self.obs_shape = config, action_dim, tuple(obs_shape)
@@ -133,7 +168,7 @@ class WorldModel:
                 "image_loss": jnp.mean(obs_nll),
                 "reward_loss": jnp.mean(reward_nll),
                 "kl": jnp.mean(kl),
-                "kl_loss": jnp.mean(jnp.maximum(kl, c.free_nats)),
+                "kl_loss": free_nats_kl(posts.distribution, priors.distribution, c.free_nats, c.free_nats_side),
                 "prior_entropy": jnp.mean(priors.distribution.entropy()),
                 "posterior_entropy": jnp.mean(posts.distribution.entropy()),
             }

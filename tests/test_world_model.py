@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from bayes_planet.distributions import DiagGaussian
 from bayes_planet.world_model import (
     WorldModel,
     dither,
+    free_nats_kl,
     make_optimizer,
     make_train_step,
     pixels_to_uint8,
@@ -106,6 +108,49 @@ def test_gradients_reach_every_parameter_and_weight_kl(kind):
     _assert_gradients_everywhere(model, params, _batch(pixels=False))
     weight_kl = float(jax.jit(model.loss)(params, KEY, _batch(pixels=False))[1]["weight_kl"])
     assert weight_kl == 0.0 if kind == "deterministic" else weight_kl > 0.0
+
+
+def test_free_nats_side_decides_whether_the_prior_learns_below_free_nats():
+    """Every step below free nats: with free_nats_side="posterior" the transition's prior layers still get a
+    gradient (from KL(sg(posterior) || prior)); with PlaNet's "both" (the default) they get none at all."""
+    batch = _batch(pixels=False)
+    prior_layers = ("rssm/~/prior_hidden", "rssm/~/prior_out")
+    for side, reaches_prior in (("posterior", True), ("both", False)):
+        model = WorldModel(tiny_config(transition="deterministic", free_nats=1e6, free_nats_side=side,
+                                       observation="state"), A, (5,))
+        params = model.init(KEY, batch)
+        grads = jax.jit(jax.grad(lambda p, m=model: m.loss(p, KEY, batch)[0]))(params)
+        for layer in prior_layers:
+            assert (float(jnp.abs(grads[layer]["w"]).max()) > 0) == reaches_prior, (side, layer)
+        # the posterior is never pulled toward the prior below free nats, on either side
+        assert float(jnp.abs(grads["rssm/~/posterior_out"]["w"]).max()) > 0  # (image and reward terms only)
+    with pytest.raises(ValueError, match="model.free_nats_side must be one of"):
+        WorldModel(tiny_config(free_nats_side="prior"), A)
+
+
+@pytest.mark.parametrize("below", [True, False])
+def test_free_nats_kl_value_and_gradients(below):
+    """PlaNet's value, max(KL, free nats) averaged over [B, T], on either side; its gradients: "both" is
+    PlaNet's; "posterior" differs only below free nats, where the prior gets the unclipped KL's gradient."""
+    rng = np.random.default_rng(0)
+    gaussian = lambda: DiagGaussian(jnp.asarray(rng.normal(size=(4, 3, 5)), jnp.float32),
+                                    jnp.asarray(rng.uniform(0.5, 1.5, (4, 3, 5)), jnp.float32))
+    posterior, prior = gaussian(), gaussian()
+    kl = posterior.kl(prior)
+    free = float(kl.max()) + 1.0 if below else float(kl.min()) - 1.0
+    grad = lambda fn: jax.grad(fn, argnums=(0, 1))(posterior, prior)
+    zero = jax.tree.map(jnp.zeros_like, (posterior, prior))
+    unclipped_posterior, unclipped_prior = grad(lambda q, p: jnp.mean(q.kl(p)))
+    for side in ("both", "posterior"):
+        value = free_nats_kl(posterior, prior, free, side)
+        np.testing.assert_allclose(value, jnp.mean(jnp.maximum(kl, free)), rtol=1e-6)
+    planet = grad(lambda q, p: free_nats_kl(q, p, free, "both"))
+    ours = grad(lambda q, p: free_nats_kl(q, p, free, "posterior"))
+    expected_planet = zero if below else (unclipped_posterior, unclipped_prior)
+    expected_ours = (zero[0], unclipped_prior) if below else (unclipped_posterior, unclipped_prior)
+    for got, expected in ((planet, expected_planet), (ours, expected_ours)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), got, expected)
+    assert float(jnp.abs(ours[1].mean).max()) > 0
 
 
 def test_gradients_reach_every_pixel_model_parameter():
