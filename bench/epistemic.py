@@ -1,0 +1,105 @@
+"""Is the spread across weight samples epistemic? Where the model has seen less data it should be larger.
+
+Trains small world models on real cartpole-swingup physics (state observations, so each takes seconds)
+from episodes whose random actions push the cart one way only (uniform in [-1, 0]). Then, for each
+weight-KL scale, it prints the transition layers' median posterior std, the weight KL, and the spread of
+imagined returns across held weight samples (std over K samples of the 12-step return, averaged over start
+states) on held-out windows of three kinds:
+
+* seen: more one-way episodes (the training distribution);
+* unseen: episodes pushed the other way (actions in [0, 1]), states the model never trained on;
+* and "seen" again for a model trained on one episode instead of `--episodes`.
+
+    python bench/epistemic.py --scales 4.0e-6 2.0e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import envs  # noqa: E402
+from agents.rollout import run_episode  # noqa: E402
+from bayes_planet import bayes  # noqa: E402
+from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step  # noqa: E402
+
+SIZES = dict(observation="state", deter_size=32, stoch_size=8, hidden_size=32, state_embed_size=32,
+             reward_hidden=32, reward_layers=2)
+CONTEXT, HORIZON = 5, 12
+
+
+def one_way_episodes(count: int, seed: int, low: float, high: float) -> list[dict[str, np.ndarray]]:
+    env = envs.make("dmc:cartpole-swingup", observation="state", seed=seed)
+    out = []
+    for index in range(count):
+        rng = np.random.default_rng(seed + index)
+        policy = lambda _, rng=rng: rng.uniform(low, high, (1,)).astype(np.float32)
+        out.append(run_episode(env, policy, seed=seed + index).arrays())
+    return out
+
+
+def sample(episodes, rng, size: int, length: int) -> dict[str, np.ndarray]:
+    picks = rng.integers(len(episodes), size=size)
+    starts = [rng.integers(len(episodes[i]["reward"]) - length + 1) for i in picks]
+    return {k: np.stack([episodes[i][k][s:s + length] for i, s in zip(picks, starts, strict=True)])
+            for k in ("observation", "action", "reward")}
+
+
+def train(episodes, scale: float, updates: int, seed: int):
+    model = WorldModel(ModelConfig(**SIZES, weight_kl_scale=scale), 1, episodes[0]["observation"].shape[1:])
+    rng = np.random.default_rng(seed)
+    params = model.init(jax.random.PRNGKey(seed), sample(episodes, rng, 6, 16))
+    optimizer = make_optimizer(3e-3)
+    opt_state, step = optimizer.init(params), make_train_step(model, optimizer)
+    for update in range(updates):
+        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(update), sample(episodes, rng, 6, 16))
+    return model, params, float(metrics["weight_kl"])
+
+
+def return_spread(model, params, windows, samples: int) -> float:
+    """Std across `samples` held weight samples of the imagined HORIZON-step return, averaged over windows."""
+    key = jax.random.PRNGKey(1)
+    batch = windows["action"].shape[0]
+    posts = model.observe(params, key, model.initial_state(batch), windows["observation"][:, :CONTEXT],
+                          windows["action"][:, :CONTEXT])
+    tile = lambda x: jnp.tile(x, (samples,) + (1,) * (x.ndim - 1))
+    start = jax.tree.map(lambda x: tile(x[:, -1]), posts)
+    rewards, _ = model.imagine(params, key, start, tile(windows["action"][:, CONTEXT:]),
+                               model.sample_weights(params, jax.random.PRNGKey(2), samples))
+    returns = rewards.sum(-1).reshape(samples, batch)
+    return float(jnp.mean(jnp.std(returns, axis=0)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", type=float, nargs="+", default=[4e-6, 2e-4], help="weight_kl_scale values")
+    parser.add_argument("--episodes", type=int, default=6, help="one-way training episodes")
+    parser.add_argument("--updates", type=int, default=2000)
+    parser.add_argument("--samples", type=int, default=16, help="weight samples K")
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    train_episodes = one_way_episodes(args.episodes, 0, -1.0, 0.0)
+    seen = sample(one_way_episodes(2, 500, -1.0, 0.0), np.random.default_rng(1), 64, CONTEXT + HORIZON)
+    unseen = sample(one_way_episodes(2, 600, 0.0, 1.0), np.random.default_rng(2), 64, CONTEXT + HORIZON)
+    print(f"{'weight_kl_scale':>15} {'seed':>4} {'std in/hid/out':>22} {'weight KL':>10} "
+          f"{'spread seen':>11} {'unseen':>7} {'seen, 1 episode':>15}")
+    for scale in args.scales:
+        for seed in range(args.seeds):
+            model, params, weight_kl = train(train_episodes, scale, args.updates, seed)
+            stds = [float(jnp.median(jax.nn.softplus(params[f"rssm/~/{layer}"][bayes.VARIATIONAL_RHO])))
+                    for layer in ("transition_in", "prior_hidden", "prior_out")]
+            few_model, few_params, _ = train(train_episodes[:1], scale, args.updates, seed)
+            print(f"{scale:>15.1e} {seed:>4} {'/'.join(f'{s:.3f}' for s in stds):>22} {weight_kl:>10.0f} "
+                  f"{return_spread(model, params, seen, args.samples):>11.3f} "
+                  f"{return_spread(model, params, unseen, args.samples):>7.3f} "
+                  f"{return_spread(few_model, few_params, seen, args.samples):>15.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
