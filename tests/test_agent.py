@@ -64,6 +64,7 @@ def _cli(logdir, *extra):
     return [sys.executable, "-m", "agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path):
     logdir = str(tmp_path / "run")
     overrides = [arg for item in TINY_RUN + [f"train.env_steps={4 * EPISODE_ENV_STEPS}"] for arg in ("--set", item)]

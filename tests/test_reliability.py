@@ -54,6 +54,7 @@ def _checkpoint_mtime(logdir):
     return os.path.getmtime(path) if os.path.exists(path) else None
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_rerun_continues_the_run(tmp_path):
     """Kill -9 three times, each at a random moment 0 to 4 s after the run's latest checkpoint (so in
     training, collection, evaluation, report or checkpoint writing); after each kill every file that loads

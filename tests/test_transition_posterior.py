@@ -20,6 +20,7 @@ UPDATES, BATCH, LENGTH = 2000, 6, 16
 SIZES = dict(observation="state", deter_size=32, stoch_size=8, hidden_size=32, state_embed_size=32,
              reward_hidden=32, reward_layers=2)
 TRANSITION_LAYERS = ("transition_in", "prior_hidden", "prior_out")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
