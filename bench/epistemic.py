@@ -23,6 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from imagination import sample_batch as sample  # noqa: E402  (bench/ is on the path when run as a script)
 
 import envs  # noqa: E402
 from agents.rollout import run_episode  # noqa: E402
@@ -42,13 +43,6 @@ def one_way_episodes(count: int, seed: int, low: float, high: float) -> list[dic
         policy = lambda _, rng=rng: rng.uniform(low, high, (1,)).astype(np.float32)
         out.append(run_episode(env, policy, seed=seed + index).arrays())
     return out
-
-
-def sample(episodes, rng, size: int, length: int) -> dict[str, np.ndarray]:
-    picks = rng.integers(len(episodes), size=size)
-    starts = [rng.integers(len(episodes[i]["reward"]) - length + 1) for i in picks]
-    return {k: np.stack([episodes[i][k][s:s + length] for i, s in zip(picks, starts, strict=True)])
-            for k in ("observation", "action", "reward")}
 
 
 def train(episodes, scale: float, updates: int, seed: int):
