@@ -23,7 +23,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from imagination import sample_batch as sample  # noqa: E402  (bench/ is on the path when run as a script)
+from imagination import sample_batch  # noqa: E402  (bench/ is on the path when run as a script)
 
 import envs  # noqa: E402
 from agents.rollout import run_episode  # noqa: E402
@@ -48,11 +48,12 @@ def one_way_episodes(count: int, seed: int, low: float, high: float) -> list[dic
 def train(episodes, scale: float, updates: int, seed: int):
     model = WorldModel(ModelConfig(**SIZES, weight_kl_scale=scale), 1, episodes[0]["observation"].shape[1:])
     rng = np.random.default_rng(seed)
-    params = model.init(jax.random.PRNGKey(seed), sample(episodes, rng, 6, 16))
+    params = model.init(jax.random.PRNGKey(seed), sample_batch(episodes, 6, 16, rng))
     optimizer = make_optimizer(3e-3)
     opt_state, step = optimizer.init(params), make_train_step(model, optimizer)
     for update in range(updates):
-        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(update), sample(episodes, rng, 6, 16))
+        batch = sample_batch(episodes, 6, 16, rng)
+        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(update), batch)
     return model, params, float(metrics["weight_kl"])
 
 
@@ -79,8 +80,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args()
     train_episodes = one_way_episodes(args.episodes, 0, -1.0, 0.0)
-    seen = sample(one_way_episodes(2, 500, -1.0, 0.0), np.random.default_rng(1), 64, CONTEXT + HORIZON)
-    unseen = sample(one_way_episodes(2, 600, 0.0, 1.0), np.random.default_rng(2), 64, CONTEXT + HORIZON)
+    seen = sample_batch(one_way_episodes(2, 500, -1.0, 0.0), 64, CONTEXT + HORIZON, np.random.default_rng(1))
+    unseen = sample_batch(one_way_episodes(2, 600, 0.0, 1.0), 64, CONTEXT + HORIZON, np.random.default_rng(2))
     print(f"{'weight_kl_scale':>15} {'seed':>4} {'std in/hid/out':>22} {'weight KL':>10} "
           f"{'spread seen':>11} {'unseen':>7} {'seen, 1 episode':>15}")
     for scale in args.scales:
