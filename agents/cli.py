@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from bayes_planet.errors import UsageError
+
 
 def _random(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -16,8 +18,15 @@ def _random(args: argparse.Namespace) -> int:
     from agents.rollout import random_policy, run_episode
     from bayes_planet.viz import write_video
 
-    env = envs.make(args.task, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    _positive(args, "episodes")
+    try:
+        env = envs.make(args.task, seed=args.seed)
+    except ValueError as error:
+        raise UsageError(f"--task: {error}") from None
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {args.out}: cannot create the folder ({error.strerror})") from None
     returns = []
     for index in range(args.episodes):
         with tqdm(total=env.unwrapped.max_episode_steps if hasattr(env.unwrapped, "max_episode_steps")
@@ -37,6 +46,7 @@ def _random(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from agents.train import Diverged, Interrupted, train
     from bayes_planet.config import load_config
+    from bayes_planet.files import DiskFull
 
     fresh = args.config is not None or args.set
     config = load_config(args.config or "default", args.set) if fresh else None
@@ -45,11 +55,19 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(args.logdir, config, progress=not args.no_progress)
     except Interrupted as stop:
-        print(f"{args.logdir}: {stop}; checkpoint saved, rerun the same command to resume", file=sys.stderr)
+        if stop.saved:
+            kept = "checkpoint saved"
+        elif stop.forced:
+            kept = "the last checkpoint and every finished episode are kept"
+        else:
+            kept = "no checkpoint yet (stopped before training began); the finished random episodes are kept"
+        print(f"{args.logdir}: {stop}; {kept}; rerun the same command to resume", file=sys.stderr)
         return 128 + stop.signum
-    except Diverged as error:
+    except (Diverged, DiskFull) as error:
         print(f"bayes-planet: {error}", file=sys.stderr)
         return 1
+    if result["already_finished"]:
+        print(f"{args.logdir}: this run is finished; nothing to do")
     print(f"{args.logdir}: evaluation return {result['eval_return']:.1f}; random policy return "
           f"{result['random_return']:.1f} (mean of the seed episodes, same task)")
     print(f"learning curve: {os.path.join(args.logdir, 'learning_curve.png')}")
@@ -57,20 +75,25 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _trained(logdir: str, progress: bool = True):
-    from agents.train import Trainer
+    from agents.train import CHECKPOINT_NAME, PICKLED_CHECKPOINT_NAME, Trainer
+    from bayes_planet.checkpoint import previous_path
 
     if not os.path.exists(os.path.join(logdir, "config.yaml")):
-        raise ValueError(f"{logdir} holds no run (no config.yaml)")
+        raise UsageError(f"{logdir} holds no run (no config.yaml)")
+    checkpoint = os.path.join(logdir, CHECKPOINT_NAME)
+    candidates = (checkpoint, previous_path(checkpoint), os.path.join(logdir, PICKLED_CHECKPOINT_NAME))
+    if not any(map(os.path.exists, candidates)):  # before anything is written (the Trainer refuses a pickle)
+        raise UsageError(f"{logdir} has no checkpoint yet")
     trainer = Trainer(logdir, None, progress=progress)
     if trainer.params is None:
-        raise ValueError(f"{logdir} has no checkpoint yet")
+        raise UsageError(f"{logdir} has no readable checkpoint")
     return trainer
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -93,7 +116,7 @@ def _openloop(args: argparse.Namespace) -> int:
     _positive(args, "episodes", "sequences", "context", "horizon")
     trainer = _trained(args.logdir, not args.no_progress)
     if trainer.config.model.observation != "pixels":
-        raise ValueError("open-loop videos need a pixel model (model.observation=pixels)")
+        raise UsageError("open-loop videos need a pixel model (model.observation=pixels)")
     paths = write_open_loop(trainer, trainer.held_out_episodes(args.episodes), os.path.join(args.logdir, "openloop"),
                             "openloop", args.sequences, args.context, args.horizon, args.weight_samples)
     for kind, path in paths.items():
@@ -205,11 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed command; bad input (`UsageError`) becomes one line on stderr and exit status 2."""
     try:
         return args.run(args)
-    except ValueError as error:
+    except UsageError as error:  # bad input; any other exception is a bug and keeps its traceback
         print(f"bayes-planet: error: {error}", file=sys.stderr)
         return 2
 

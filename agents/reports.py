@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from bayes_planet import calibration, probes
+from bayes_planet.errors import UsageError
 from bayes_planet.files import atomic_write
 from bayes_planet.openloop import open_loop
 from bayes_planet.viz import save_figure, write_open_loop_report
@@ -37,7 +38,7 @@ def windows(episodes: list[dict], count: int, length: int, seed: int = 0) -> dic
     for index in range(count):
         episode = episodes[index % len(episodes)]
         if len(episode["action"]) < length:
-            raise ValueError(f"episodes of {len(episode['action'])} steps are shorter than the {length} needed")
+            raise UsageError(f"episodes of {len(episode['action'])} steps are shorter than the {length} needed")
         start = int(rng.integers(0, len(episode["action"]) - length + 1))
         picked.append({k: episode[k][start:start + length] for k in ("observation", "action", "reward")})
     return {k: np.stack([p[k] for p in picked]) for k in picked[0]}
@@ -67,7 +68,7 @@ def probe_report(trainer, episodes: list[dict], test_episodes: int = 2, context:
     from posterior filtering and from open-loop imagination. Rows: model, features, target, r2, strength;
     plus the held-out predictions of the trained model's posterior probe under key ``"scatter"``."""
     if not 1 <= test_episodes < len(episodes):
-        raise ValueError(f"test_episodes must be in [1, {len(episodes) - 1}] with {len(episodes)} episodes, "
+        raise UsageError(f"test_episodes must be in [1, {len(episodes) - 1}] with {len(episodes)} episodes, "
                          f"got {test_episodes}")
     length = min(len(e["action"]) for e in episodes)
     stack = lambda name: np.stack([e[name][:length] for e in episodes])

@@ -3,7 +3,10 @@
 A run directory holds:
   config.yaml          the resolved config (a rerun must match it)
   episodes/            every episode, one ``.npz`` each, written atomically (the replay)
-  checkpoint.pkl       params, optimizer state, update count, PRNG key and replay-sampler state (atomic)
+  checkpoint.npz       params, optimizer state, counters, PRNG key, replay-sampler state and where the loop is:
+                       arrays and plain values only (`bayes_planet.checkpoint`), written atomically after every
+                       phase (updates, collection, evaluation, reports); checkpoint.prev.npz is the one before
+  .lock                held by the live trainer (`bayes_planet.files.RunLock`)
   metrics.jsonl        one JSON record per line: train / episode / eval / random
   tensorboard/         the same scalars for TensorBoard
   learning_curve.png   returns against env steps, redrawn at each evaluation
@@ -31,25 +34,29 @@ from agents.agent import PlanetAgent
 from agents.rollout import random_policy, run_episode
 from bayes_planet import config as config_lib
 from bayes_planet import memory, parallel
-from bayes_planet.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from bayes_planet.checkpoint import is_finite, load_checkpoint, save_checkpoint
 from bayes_planet.config import Config
-from bayes_planet.files import remove_partial_files
+from bayes_planet.errors import UsageError
+from bayes_planet.files import RunLock, remove_partial_files
 from bayes_planet.logger import Logger, read_metrics
-from bayes_planet.replay import Replay
+from bayes_planet.replay import CorruptEpisode, Replay
 from bayes_planet.viz import plot_learning_curve, write_video
 from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 
 LOG = logging.getLogger(__name__)
 BATCH_KEYS = ("observation", "action", "reward")
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never share a seed with training episodes
+CHECKPOINT_NAME, PICKLED_CHECKPOINT_NAME = "checkpoint.npz", "checkpoint.pkl"
+REPORT_FOLDERS = ("videos", "openloop", "calibration", "probes")
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped `Trainer.run`; a checkpoint was written (``signum``: which)."""
+    """SIGINT or SIGTERM stopped `Trainer.run` (``signum``: which). ``forced``: a second signal stopped it at
+    once, without a new checkpoint; ``saved``: whether a checkpoint was written on the way out."""
 
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
+    def __init__(self, signum: int, forced: bool = False):
+        super().__init__(f"stopped by {signal.Signals(signum).name}" + (" (second signal: at once)" if forced else ""))
+        self.signum, self.forced, self.saved = signum, forced, False
 
 
 class Diverged(RuntimeError):
@@ -67,28 +74,64 @@ def make_model(config: Config, env) -> WorldModel:
     return WorldModel(config.model, env.action_space.shape[0], env.observation_space.shape)
 
 
+def _read_stored_config(path: str) -> Config:
+    values = config_lib.read_yaml(path)
+    if not values:
+        raise UsageError(f"{path} is empty or damaged: restore it, or start a new run with a new --logdir")
+    try:
+        return config_lib.from_dict(values)
+    except UsageError as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
+def check_feasible(config: Config, env, logdir: str) -> None:
+    """Refuse, before anything is written, what the config allows but the run could never do: chunks longer
+    than an episode, a training batch larger than this machine's memory, a run directory whose files' paths
+    would be too long."""
+    c = config.train
+    frames = getattr(env.unwrapped, "max_episode_steps", None)
+    if frames is not None and c.sequence_length > frames + 1:
+        raise UsageError(f"config key 'train.sequence_length' ({c.sequence_length}) is longer than an episode of "
+                         f"{config.env.task} with action repeat {env.unwrapped.action_repeat} ({frames + 1} frames): "
+                         "lower it or the action repeat")
+    batch_bytes = c.batch_size * c.sequence_length * int(np.prod(env.observation_space.shape)) * 4  # as float32
+    memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if batch_bytes > memory_bytes:
+        raise UsageError(f"config keys 'train.batch_size' x 'train.sequence_length' ({c.batch_size} x "
+                         f"{c.sequence_length}): one batch of observations takes {batch_bytes / 2**30:.1f} GiB, more "
+                         f"than this machine's {memory_bytes / 2**30:.1f} GiB")
+    longest_file = len(os.path.abspath(logdir)) + len("/held_out/.tmp-000000000000.partial")
+    if longest_file > os.pathconf("/", "PC_PATH_MAX") - 1 or \
+            any(len(part) > os.pathconf("/", "PC_NAME_MAX") for part in os.path.abspath(logdir).split(os.sep)):
+        raise UsageError(f"--logdir {logdir[:60]}... is too long a path for the run's files: use a shorter one")
+
+
 def prepare_run(logdir: str, config: Config | None) -> Config:
     """Create or reopen a run directory. A new run needs `config`; an existing one keeps its own, and a
-    different `config` is refused with the options that differ."""
+    different `config` is refused with the options that differ. Every check runs before anything is written."""
     path = os.path.join(logdir, "config.yaml")
     if os.path.exists(path):
-        stored = config_lib.from_dict(config_lib.read_yaml(path))
+        stored = _read_stored_config(path)
         if config is not None and config != stored:
             changed = "; ".join(config_lib.differences(stored, config))
-            raise ValueError(f"{logdir} holds a run with a different config ({changed}); "
+            raise UsageError(f"{logdir} holds a run with a different config ({changed}); "
                              "use a new --logdir, or rerun without --config/--set to resume")
         return stored
     if config is None:
-        raise ValueError(f"{logdir} holds no run (no config.yaml): start one with --config")
+        raise UsageError(f"{logdir} holds no run (no config.yaml): start one with --config")
     try:
-        make_env(config).close()  # an unknown task fails here, before the run directory is written
+        env = make_env(config)  # an unknown task fails here, before the run directory is written
     except ValueError as error:
-        raise ValueError(f"config key 'env.task': {error}") from None
+        raise UsageError(f"config key 'env.task': {error}") from None
+    try:
+        check_feasible(config, env, logdir)
+    finally:
+        env.close()
     try:
         os.makedirs(logdir, exist_ok=True)
         config_lib.save_config(config, path)
     except OSError as error:
-        raise ValueError(f"cannot write the run directory {logdir!r}: {error.strerror}") from None
+        raise UsageError(f"cannot write the run directory {logdir!r}: {error.strerror}") from None
     return config
 
 
@@ -124,9 +167,12 @@ class Trainer:
         self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)
         self.held_out = Replay(os.path.join(logdir, "held_out"), max_in_memory=8)
         self.logger = Logger(logdir)
-        self.checkpoint_path = os.path.join(logdir, "checkpoint.pkl")
+        self.checkpoint_path = os.path.join(logdir, CHECKPOINT_NAME)
         self.params = self.opt_state = None
         self.updates = 0
+        self.phase_updates = 0  # updates done towards the next collected episode (a stop may cut a phase short)
+        self.evaluated_at = -1  # `replay.next_index` at the last completed evaluation
+        self.finished = False  # the final reports are written: a rerun has nothing to do
         self.key = jax.random.PRNGKey(c.seed)
         self.sampler = np.random.default_rng(c.seed)
         self.nonfinite_streak = 0
@@ -134,18 +180,31 @@ class Trainer:
         self._restore()
 
     # ------------------------------------------------------------------------------------ state
+    def _state(self) -> dict:
+        """Everything a checkpoint holds (`params` and `opt_state` may be shape structs, for loading)."""
+        return {"params": self.params, "opt_state": self.opt_state, "updates": self.updates, "key": self.key,
+                "sampler": self.sampler.bit_generator.state, "episodes": self.replay.next_index,
+                "phase_updates": self.phase_updates, "evaluated_at": self.evaluated_at, "finished": self.finished}
+
     def _restore(self) -> None:
-        saved = load_checkpoint(self.checkpoint_path)
+        pickled = os.path.join(self.logdir, PICKLED_CHECKPOINT_NAME)
+        if os.path.exists(pickled) and not os.path.exists(self.checkpoint_path):
+            raise UsageError(f"{pickled} is a pickled checkpoint from an older bayes-planet: loading a pickle can "
+                             "run any code its author put in it, so it is not read; start a new run")
+        params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self._example_batch())  # no compile
+        like = dict(self._state(), params=params, opt_state=jax.eval_shape(self.optimizer.init, params))
+        saved = load_checkpoint(self.checkpoint_path, like)
         if saved is None:
             if len(self.replay) > self.config.train.seed_episodes:
                 LOG.warning("no readable checkpoint in %s: the model starts from scratch on the %d episodes on disk",
                             self.logdir, len(self.replay))
             return
-        expected = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self._example_batch())  # no compile
-        check_compatible(saved["params"], expected, f"checkpoint {self.checkpoint_path}")
         self.params, self.opt_state, self.updates = saved["params"], saved["opt_state"], int(saved["updates"])
         self.key = saved["key"]
         self.sampler.bit_generator.state = saved["sampler"]
+        # an episode collected after the checkpoint starts a new phase
+        self.phase_updates = saved["phase_updates"] if saved["episodes"] == self.replay.next_index else 0
+        self.evaluated_at, self.finished = saved["evaluated_at"], saved["finished"]
 
     def _example_batch(self) -> dict[str, np.ndarray]:
         """A zero batch ``[1, 2, ...]`` with the env's shapes and dtypes (for init; reads no episode)."""
@@ -159,16 +218,21 @@ class Trainer:
         self.params = self.model.init(key_init, self._example_batch())
         self.opt_state = self.optimizer.init(self.params)
 
-    def save(self) -> None:
-        save_checkpoint(self.checkpoint_path, {
-            "params": self.params, "opt_state": self.opt_state, "updates": self.updates, "key": self.key,
-            "sampler": self.sampler.bit_generator.state, "episodes": len(self.replay),
-        })
+    def save(self) -> bool:
+        """Write the checkpoint; a model with a non-finite parameter is never written over a finite one (returns
+        False, with a warning)."""
+        if not is_finite(self.params):
+            LOG.warning("not saving a model with non-finite parameters: %s keeps the last finite one",
+                        self.checkpoint_path)
+            return False
+        save_checkpoint(self.checkpoint_path, self._state())
+        return True
 
     @property
     def env_steps(self) -> int:
-        """Environment steps taken so far: agent steps (frames after each reset) x action repeat."""
-        return (self.replay.num_steps - len(self.replay)) * self.action_repeat
+        """Environment steps taken so far: agent steps (frames after each reset) x action repeat, counting
+        episodes set aside as damaged, so that steps never go backwards."""
+        return (self.replay.steps_ever - self.replay.next_index) * self.action_repeat
 
     # ------------------------------------------------------------------------------------ phases
     def _rollout(self, policy, seed: int, description: str, env=None):
@@ -184,7 +248,7 @@ class Trainer:
 
     def collect_seed_episodes(self) -> None:
         while len(self.replay) < self.config.train.seed_episodes:
-            index = len(self.replay)
+            index = self.replay.next_index  # never reused, so no two episodes share a seed
             seed = episode_seed(self.config, index)
             episode = self._rollout(random_policy(self.env.action_space, seed), seed, f"random episode {index}")
             self.replay.add(episode.arrays())
@@ -195,7 +259,7 @@ class Trainer:
         gradient are skipped and counted; `train.max_nonfinite_updates` in a row raise `Diverged`."""
         c = self.config.train
         history, skipped = [], 0
-        with tqdm(range(c.train_steps), desc=f"train (update {self.updates})", leave=False,
+        with tqdm(range(c.train_steps - self.phase_updates), desc=f"train (update {self.updates})", leave=False,
                   disable=not self.progress) as bar:
             for _ in bar:
                 if self._signal is not None:
@@ -211,6 +275,7 @@ class Trainer:
                     self._train_step_compiled = True
                 self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, key_step, batch)
                 self.updates += 1
+                self.phase_updates += 1
                 if float(metrics["nonfinite"]):
                     skipped += 1
                     self.nonfinite_streak += 1
@@ -235,13 +300,14 @@ class Trainer:
         return means
 
     def collect_episode(self) -> float:
-        index = len(self.replay)
+        index = self.replay.next_index
         self.key, key_agent = jax.random.split(self.key)
         policy = self.agent.policy(self.params, key_agent, self.config.train.exploration_noise)
         start = time.perf_counter()
         episode = self._rollout(policy, episode_seed(self.config, index), f"episode {index}")
         seconds = time.perf_counter() - start
         self.replay.add(episode.arrays())
+        self.phase_updates = 0
         self.logger.write("episode", self.env_steps, {"return": episode.total_reward, "episode": index,
                                                        "seconds": seconds})
         return episode.total_reward
@@ -253,7 +319,7 @@ class Trainer:
         env = make_env(self.config)
         collected = []
         for index in range(episodes):
-            number = len(self.held_out)  # every held-out episode gets its own env seed and planner key
+            number = self.held_out.next_index  # every held-out episode gets its own env seed and planner key
             key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET), number)
             seed = EVAL_SEED_OFFSET + episode_seed(self.config, number)
             episode = self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env)
@@ -264,11 +330,23 @@ class Trainer:
             collected.append(arrays)
         return collected
 
+    def latest_held_out(self, count: int) -> list[dict[str, np.ndarray]]:
+        """Up to `count` of the latest readable held-out episodes, oldest first; a damaged one is set aside
+        (`Replay.episode`) and the one before it taken instead."""
+        episodes, index = [], len(self.held_out) - 1
+        while len(episodes) < count and index >= 0:
+            with contextlib.suppress(CorruptEpisode):
+                episodes.append(self.held_out.episode(index))
+            index = min(index - 1, len(self.held_out) - 1)
+        return episodes[::-1]
+
     def held_out_episodes(self, count: int) -> list[dict[str, np.ndarray]]:
         """The `count` latest held-out episodes of the agent, evaluating more first when there are fewer."""
-        if len(self.held_out) < count:
-            self.evaluate(count - len(self.held_out))
-        return [self.held_out.episode(i) for i in range(len(self.held_out) - count, len(self.held_out))]
+        episodes = self.latest_held_out(count)
+        if len(episodes) < count:
+            self.evaluate(count - len(episodes))
+            episodes = self.latest_held_out(count)
+        return episodes
 
     def evaluate_and_report(self) -> float:
         name = f"{self.env_steps:08d}"
@@ -289,21 +367,26 @@ class Trainer:
         at least 3 of them, latent velocity probes (``probes/``); summaries go to metrics.jsonl."""
         from agents.reports import calibration_report, probe_report, write_calibration, write_probe_report
 
-        count = min(len(self.held_out), max_episodes)
+        episodes = self.latest_held_out(max_episodes)
+        count = len(episodes)
         if count == 0 or self.params is None:
             return
-        episodes = [self.held_out.episode(i) for i in range(len(self.held_out) - count, len(self.held_out))]
         table = calibration_report(self, episodes)
         write_calibration({self.logdir: table}, os.path.join(self.logdir, "calibration"))
         self.logger.write("calibration", self.env_steps, {
             "coverage_50": float(np.mean(table["coverage_50"])), "coverage_90": float(np.mean(table["coverage_90"])),
             "nll": float(np.mean(table["nll"]))})
+        self._check_stop()
         if count >= 3 and any(k in episodes[0] for k in ("velocity", "speed")):
             rows, scatter = probe_report(self, episodes, test_episodes=max(1, count // 3))
             write_probe_report(rows, scatter, os.path.join(self.logdir, "probes"))
             overall = {f"r2/{r['model']}/{r['features']}".replace(" ", "_"): r["r2"]
                        for r in rows if r["target"] == "overall (mean)"}
             self.logger.write("probe", self.env_steps, overall)
+
+    def last_eval_return(self) -> float:
+        returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "eval"]
+        return returns[-1] if returns else float("nan")
 
     def random_return(self) -> float:
         returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "random"]
@@ -322,6 +405,8 @@ class Trainer:
     def _stop_on_signals(self):
         """While inside: SIGINT and SIGTERM only set a flag; the loop stops at the next step or update."""
         def request_stop(signum, frame):
+            if self._signal is not None:  # a second signal: stop now, keeping the last checkpoint as it is
+                raise Interrupted(signum, forced=True)
             self._signal = signum
 
         previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
@@ -332,44 +417,61 @@ class Trainer:
                 signal.signal(number, handler)
 
     def run(self) -> dict[str, float]:
-        """Train until ``train.env_steps``; returns the last evaluation and the random policy's return.
-        SIGINT / SIGTERM stop it at the next env step or update with a checkpoint written (`Interrupted`)."""
-        with self._stop_on_signals():
+        """Train until ``train.env_steps``, evaluate, write the final reports; returns the last evaluation's and
+        the random policy's returns (``already_finished``: 1.0 when a rerun found nothing left to do).
+
+        The run directory is locked while this runs (a second trainer gets a `RunInUse` error). A checkpoint is
+        written after every phase, so a kill loses at most the phase in progress, and an evaluation or report
+        that did not finish happens on the rerun. SIGINT / SIGTERM stop it at the next env step or update with
+        a checkpoint written; a second signal stops it at once (`Interrupted`)."""
+        with RunLock(self.logdir), self._stop_on_signals():
             try:
                 return self._run()
-            except Interrupted:
-                if self.params is not None:
-                    self.save()
+            except Interrupted as stop:
+                stop.saved = not stop.forced and self.params is not None and self.save()
                 raise
             finally:
                 self.logger.close()
 
+    def _evaluation_due(self) -> bool:
+        c = self.config.train
+        collected = self.replay.next_index - c.seed_episodes
+        done = self.env_steps >= c.env_steps
+        return (c.eval_episodes > 0 and self.evaluated_at != self.replay.next_index
+                and (done or (collected > 0 and collected % c.eval_every == 0)))
+
     def _run(self) -> dict[str, float]:
         c = self.config.train
-        for folder in (self.logdir, self.replay.directory, self.held_out.directory):
-            remove_partial_files(folder)  # left by a killed run (only the training process may remove them)
+        already_finished = self.finished
+        for folder in (self.logdir, self.replay.directory, self.held_out.directory,
+                       *(os.path.join(self.logdir, name) for name in REPORT_FOLDERS)):
+            remove_partial_files(folder)  # left by a killed run (only the lock holder may remove them)
         self.collect_seed_episodes()
         if self.params is None:
             self._initialize()
             self.save()
-        last_eval = None
-        while self.env_steps < c.env_steps:
-            losses = self.train_phase()
+        while True:
+            if self._evaluation_due():
+                eval_return = self.evaluate_and_report()
+                self.evaluated_at = self.replay.next_index
+                self.save()
+                if self.progress:
+                    tqdm.write(f"env steps {self.env_steps}  eval return {eval_return:.1f}")
+            if self.env_steps >= c.env_steps:
+                break
+            losses = self.train_phase() if self.phase_updates < c.train_steps else {"loss": float("nan")}
+            self.save()
             episode_return = self.collect_episode()
-            collected = len(self.replay) - c.seed_episodes
-            done = self.env_steps >= c.env_steps
-            line = (f"episode {len(self.replay)}  env steps {self.env_steps}  return {episode_return:.1f}  "
-                    f"loss {losses['loss']:.2f}  updates {self.updates}")
-            if c.eval_episodes and (collected % c.eval_every == 0 or done):
-                last_eval = self.evaluate_and_report()
-                line += f"  eval return {last_eval:.1f}"
             self.save()
             if self.progress:
-                tqdm.write(line)
-        if last_eval is None and c.eval_episodes:
-            last_eval = self.evaluate_and_report()
-        self.write_final_reports()
-        return {"eval_return": float("nan") if last_eval is None else last_eval, "random_return": self.random_return()}
+                tqdm.write(f"episode {len(self.replay)}  env steps {self.env_steps}  return {episode_return:.1f}  "
+                           f"loss {losses['loss']:.2f}  updates {self.updates}")
+        if not self.finished:
+            self.write_final_reports()
+            self.finished = True
+            self.save()
+        return {"eval_return": self.last_eval_return(), "random_return": self.random_return(),
+                "already_finished": float(already_finished)}
 
 
 def train(logdir: str, config: Config | None = None, progress: bool = True) -> dict[str, float]:

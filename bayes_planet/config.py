@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from bayes_planet.bayes import LAYER_KINDS
+from bayes_planet.errors import UsageError
 from bayes_planet.networks import CONV_ENGINES
 from bayes_planet.objectives import OBJECTIVES
 from bayes_planet.precision import MATMUL_DTYPES
@@ -115,10 +117,11 @@ CHOICES = {
     "planner.thompson_every": ("plan", "episode"),
     "planner.matmul_dtype": MATMUL_DTYPES,
 }
-# integers are >= 1 and floats >= 0 unless listed here as (lowest, highest) with None for unbounded
+INT_MAX = 2**31 - 1  # array sizes and counters are int32 inside JAX
+# integers are in [1, INT_MAX] and floats >= 0 unless listed here as (lowest, highest) with None for unbounded
 RANGES = {
-    "seed": (0, None),
-    "env.action_repeat": (0, None),
+    "seed": (0, 42_000),  # env seeds are seed * 100_003 + episode index (< 2**32, dm_control's range)
+    "env.action_repeat": (0, 1000),
     "env.camera_id": (-1, None),
     "model.conv_chunk": (0, None),
     "model.image_bits": (1, 8),
@@ -141,12 +144,26 @@ def to_dict(config: Any) -> dict:
 
 
 def _fail(message: str) -> typing.NoReturn:
-    raise ValueError(message)
+    raise UsageError(message)
+
+
+def _as_float(value: Any) -> Any:
+    """Numbers as people write them: ints, and strings such as ``1e-4`` that YAML 1.1 reads as text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_value(path: str, value: Any, kind: type) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if kind is float:
+        value = _as_float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(f"config key {path!r} must be a finite number, got {value!r}")
     if kind is bool and not isinstance(value, bool) or kind is not bool and isinstance(value, bool) \
             or not isinstance(value, kind):
         _fail(f"config key {path!r} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
@@ -157,6 +174,8 @@ def _check_value(path: str, value: Any, kind: type) -> Any:
         if (low is not None and value < low) or (high is not None and value > high):
             allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
             _fail(f"config key {path!r} must be {allowed}, got {value!r}")
+        if kind is int and value > INT_MAX:
+            _fail(f"config key {path!r} must be <= {INT_MAX}, got {value!r}")
     return value
 
 
@@ -206,11 +225,26 @@ def read_yaml(path_or_preset: str) -> dict:
         path = os.path.join(PRESET_DIR, f"{path_or_preset}.yaml")
         if not os.path.exists(path):
             _fail(f"unknown config {path_or_preset!r}: use a YAML path or one of {', '.join(preset_names())}")
-    with open(path) as handle:
-        values = yaml.safe_load(handle) or {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except IsADirectoryError:
+        _fail(f"config file {path} is a directory, not a YAML file")
+    except (OSError, UnicodeDecodeError) as error:
+        _fail(f"cannot read config file {path}: {getattr(error, 'strerror', None) or error}")
+    except yaml.YAMLError as error:
+        _fail(f"config file {path} is not valid YAML ({_yaml_problem(error)})")
+    values = {} if values is None else values
     if not isinstance(values, Mapping):
         _fail(f"config file {path} must hold a mapping, got {type(values).__name__}")
     return values
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line from a YAML error: what went wrong and where."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or type(error).__name__}{where}"
 
 
 def parse_override(text: str) -> dict:
@@ -218,7 +252,10 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         _fail(f"override {text!r} must look like section.key=value (e.g. planner.objective=optimistic)")
-    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        _fail(f"override {text!r}: the value is not valid YAML ({_yaml_problem(error)}); quote it if it is text")
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value

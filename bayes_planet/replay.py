@@ -21,6 +21,7 @@ from bayes_planet.files import atomic_write
 
 LOG = logging.getLogger(__name__)
 EPISODE_PATTERN = re.compile(r"^episode-(\d{6})-(\d+)\.npz$")
+CORRUPT_SUFFIX = ".corrupt"
 
 
 class CorruptEpisode(Exception):
@@ -59,15 +60,20 @@ class Replay:
         self._paths: list[str] = []
         self._lengths: list[int] = []
         self._next_index = 0
+        self._set_aside_steps = 0
         for name in sorted(os.listdir(directory)):
             path = os.path.join(directory, name)
-            match = EPISODE_PATTERN.match(name)
+            match = EPISODE_PATTERN.match(name.removesuffix(CORRUPT_SUFFIX))
             if not match:
+                continue
+            if name.endswith(CORRUPT_SUFFIX):
+                self._next_index = max(self._next_index, int(match.group(1)) + 1)
+                self._set_aside_steps += int(match.group(2))
                 continue
             self._next_index = max(self._next_index, int(match.group(1)) + 1)
             problem = _unreadable(path)
             if problem:
-                self._set_aside(path, problem)
+                self._set_aside(path, problem, int(match.group(2)))
                 continue
             self._paths.append(path)
             self._lengths.append(int(match.group(2)))
@@ -79,6 +85,16 @@ class Replay:
     def num_steps(self) -> int:
         """Total time steps over all stored episodes."""
         return int(sum(self._lengths))
+
+    @property
+    def next_index(self) -> int:
+        """The index the next added episode gets: episodes ever added, set-aside ones included (never reused)."""
+        return self._next_index
+
+    @property
+    def steps_ever(self) -> int:
+        """Time steps over every episode ever added, set-aside ones included (never goes down)."""
+        return self.num_steps + self._set_aside_steps
 
     def add(self, episode: Mapping[str, np.ndarray]) -> str:
         """Store one episode (dict of ``[T, ...]`` arrays); returns its path."""
@@ -105,16 +121,17 @@ class Replay:
             with np.load(path) as data:
                 arrays = {key: data[key] for key in data.files}
         except Exception as error:  # a damaged archive: bad CRC, truncated member, ...
+            length = self._lengths[index]
             del self._paths[index], self._lengths[index]
-            self._set_aside(path, f"{type(error).__name__}: {error}")
+            self._set_aside(path, f"{type(error).__name__}: {error}", length)
             raise CorruptEpisode(path) from error
         self._remember(path, arrays)
         return arrays
 
-    @staticmethod
-    def _set_aside(path: str, problem: str) -> None:
-        os.replace(path, path + ".corrupt")
-        LOG.warning("skipping corrupt episode file %s (%s); moved to %s.corrupt", path, problem, path)
+    def _set_aside(self, path: str, problem: str, length: int) -> None:
+        os.replace(path, path + CORRUPT_SUFFIX)
+        self._set_aside_steps += length
+        LOG.warning("skipping corrupt episode file %s (%s); moved to %s%s", path, problem, path, CORRUPT_SUFFIX)
 
     def _remember(self, path: str, arrays: dict[str, np.ndarray]) -> None:
         self._cache[path] = arrays

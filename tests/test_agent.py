@@ -2,7 +2,6 @@
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from conftest import EPISODE_ENV_STEPS, TINY_RUN
 
 from agents.cli import main
 from agents.train import Trainer
+from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.config import load_config
 
 
@@ -35,7 +35,7 @@ def tiny_run(tmp_path_factory):
 
 def test_training_run_writes_its_run_directory(tiny_run):
     logdir, result = tiny_run
-    for name in ("config.yaml", "checkpoint.pkl", "metrics.jsonl", "learning_curve.png", "tensorboard"):
+    for name in ("config.yaml", "checkpoint.npz", "metrics.jsonl", "learning_curve.png", "tensorboard"):
         assert os.path.exists(os.path.join(logdir, name)), name
     assert load_config(os.path.join(logdir, "config.yaml")).planner.matmul_dtype == "bfloat16"
     assert os.listdir(os.path.join(logdir, "videos")) == [f"eval-{3 * EPISODE_ENV_STEPS:08d}.mp4"]
@@ -56,8 +56,8 @@ def test_training_run_writes_its_run_directory(tiny_run):
     (evaluation,) = _records(logdir, "eval")
     assert evaluation["step"] == 3 * EPISODE_ENV_STEPS and result["eval_return"] == evaluation["return"]
     assert result["random_return"] == pytest.approx(np.mean([r["return"] for r in _records(logdir, "random")]))
-    with open(os.path.join(logdir, "checkpoint.pkl"), "rb") as handle:
-        assert pickle.load(handle)["updates"] == 3
+    saved = load_checkpoint(os.path.join(logdir, "checkpoint.npz"))
+    assert saved["updates"] == 3 and saved["finished"] and saved["evaluated_at"] == 3
 
 
 def _cli(logdir, *extra):
@@ -69,14 +69,13 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path)
     logdir = str(tmp_path / "run")
     overrides = [arg for item in TINY_RUN + [f"train.env_steps={4 * EPISODE_ENV_STEPS}"] for arg in ("--set", item)]
     process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(logdir, "checkpoint.pkl")
+    checkpoint = os.path.join(logdir, "checkpoint.npz")
     deadline, updates_at_kill = time.time() + 300, None
     # kill -9 as soon as the first collected episode is checkpointed (the run wants two)
     while time.time() < deadline and process.poll() is None and updates_at_kill != 3:
         time.sleep(0.1)
-        if os.path.exists(checkpoint):
-            with open(checkpoint, "rb") as handle:  # written atomically: never seen half-written
-                updates_at_kill = pickle.load(handle)["updates"]
+        if os.path.exists(checkpoint):  # written atomically: never seen half-written
+            updates_at_kill = load_checkpoint(checkpoint)["updates"]
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert updates_at_kill == 3, "killed after the first collected episode's checkpoint"

@@ -16,4 +16,4 @@ def test_bad_task_is_one_line_and_exit_code_2():
     result = subprocess.run([sys.executable, "-m", "agents.cli", "random", "--task", "dmc:foo-bar"],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("bayes-planet: error: unknown DeepMind Control")
+    assert result.stderr.strip().splitlines()[-1].startswith("bayes-planet: error: --task: unknown DeepMind Control")

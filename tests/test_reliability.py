@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ def _episode(length, seed=0):
 
 # ------------------------------------------------------------------------------------------ interruption
 def _checkpoint_updates(logdir):
-    saved = load_checkpoint(os.path.join(logdir, "checkpoint.pkl"))
+    saved = load_checkpoint(os.path.join(logdir, "checkpoint.npz"))
     return None if saved is None else (saved["updates"], saved["episodes"])
 
 
@@ -50,7 +49,7 @@ def _episode_files(logdir):
 
 
 def _checkpoint_mtime(logdir):
-    path = os.path.join(logdir, "checkpoint.pkl")
+    path = os.path.join(logdir, "checkpoint.npz")
     return os.path.getmtime(path) if os.path.exists(path) else None
 
 
@@ -139,7 +138,7 @@ def test_truncated_and_damaged_episode_files_are_set_aside_with_one_warning(tmp_
 
 
 def test_missing_or_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
-    path = str(tmp_path / "checkpoint.pkl")
+    path = str(tmp_path / "checkpoint.npz")
     save_checkpoint(path, {"updates": 1})
     save_checkpoint(path, {"updates": 2})
     assert load_checkpoint(path)["updates"] == 2 and os.path.exists(previous_path(path))
@@ -192,7 +191,7 @@ def test_consecutive_nonfinite_updates_stop_the_run_with_a_message(tmp_path, cap
         (record,) = [json.loads(line) for line in handle if '"train"' in line]
     assert record["nonfinite_updates"] == 3 and record["updates"] == 3
     assert np.all(np.isfinite(np.concatenate([np.ravel(x) for x in jax.tree.leaves(
-        load_checkpoint(os.path.join(logdir, "checkpoint.pkl"))["params"])])))
+        load_checkpoint(os.path.join(logdir, "checkpoint.npz"))["params"])])))
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -248,6 +247,8 @@ def test_resume_loads_nothing_twice_and_the_replay_keeps_its_cap(tmp_path):
     resumed = Trainer(logdir, None, progress=False)
     assert len(resumed.replay) == 3 and resumed.replay.num_in_memory == 0  # lazy: nothing loaded yet
     resumed.train_phase()
+    assert resumed.updates == config.train.train_steps, "a finished phase of updates is not redone on resume"
+    resumed.collect_episode()
+    resumed.train_phase()
     assert resumed.replay.num_in_memory <= 2 and resumed.updates == 2 * config.train.train_steps
-    with open(os.path.join(logdir, "checkpoint.pkl"), "rb") as handle:
-        assert pickle.load(handle)["episodes"] == 3
+    assert load_checkpoint(os.path.join(logdir, "checkpoint.npz"))["episodes"] == 3
