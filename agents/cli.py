@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -238,6 +239,15 @@ def run_command(args: argparse.Namespace) -> int:
     except UsageError as error:  # bad input; any other exception is a bug and keeps its traceback
         print(f"bayes-planet: error: {error}", file=sys.stderr)
         return 2
+    except PermissionError as error:
+        print(f"bayes-planet: error: {error.filename or ''}: {error.strerror}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"bayes-planet: {error.strerror or error}: {error.filename or ''}; free some space and rerun",
+              file=sys.stderr)
+        return 1
 
 
 def run() -> None:

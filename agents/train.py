@@ -37,7 +37,7 @@ from bayes_planet import memory, parallel
 from bayes_planet.checkpoint import is_finite, load_checkpoint, save_checkpoint
 from bayes_planet.config import Config
 from bayes_planet.errors import UsageError
-from bayes_planet.files import RunLock, remove_partial_files
+from bayes_planet.files import RunLock, check_writable, remove_partial_files
 from bayes_planet.logger import Logger, read_metrics
 from bayes_planet.replay import CorruptEpisode, Replay
 from bayes_planet.viz import plot_learning_curve, write_video
@@ -112,6 +112,7 @@ def prepare_run(logdir: str, config: Config | None) -> Config:
     path = os.path.join(logdir, "config.yaml")
     if os.path.exists(path):
         stored = _read_stored_config(path)
+        check_writable(logdir)
         if config is not None and config != stored:
             changed = "; ".join(config_lib.differences(stored, config))
             raise UsageError(f"{logdir} holds a run with a different config ({changed}); "

@@ -57,6 +57,17 @@ def _temporary_file(folder: str) -> tuple[int, str]:
             continue
 
 
+def check_writable(folder: str) -> None:
+    """Raise a `UsageError` naming `folder` when a file cannot be created in it (permissions, a read-only or
+    immutable filesystem), before any work is done."""
+    try:
+        fd, path = _temporary_file(folder)
+    except OSError as error:
+        raise UsageError(f"cannot write the run directory {folder!r}: {error.strerror}") from None
+    os.close(fd)
+    os.remove(path)
+
+
 def _keep_as(path: str, keep: str) -> None:
     """Make `keep` a copy of `path` without `path` ever being absent (a hard link, else a copy), atomically."""
     fd, staged = _temporary_file(os.path.dirname(os.path.abspath(keep)))

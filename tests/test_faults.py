@@ -279,6 +279,19 @@ def test_a_damaged_config_yaml_in_a_run_is_not_read_as_the_defaults(tmp_path, ca
     assert "config.yaml is empty or damaged" in capsys.readouterr().err
 
 
+def test_a_run_directory_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    Trainer(str(logdir), load_config("default", TINY_RUN), progress=False)
+    if subprocess.run(["chattr", "+i", str(logdir)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i (an immutable directory, which even root cannot write) is not supported here")
+    try:
+        assert main(["train", "--logdir", str(logdir), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write the run directory {str(logdir)!r}" in err and err.count("\n") == 1
+    finally:
+        subprocess.run(["chattr", "-i", str(logdir)], check=True)
+
+
 def test_read_only_commands_on_a_run_without_checkpoint_write_nothing(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     os.makedirs(logdir)
