@@ -49,12 +49,12 @@ def _train(args: argparse.Namespace) -> int:
     from bayes_planet.config import load_config
     from bayes_planet.files import DiskFull
 
-    fresh = args.config is not None or args.set
-    config = load_config(args.config or "default", args.set) if fresh else None
-    if config is None and not os.path.exists(os.path.join(args.logdir, "config.yaml")):
-        config = load_config("default")
+    if os.path.exists(os.path.join(args.logdir, "config.yaml")) and args.config is None:
+        config, overrides = None, args.set  # resume; --set changes what may change on resume
+    else:
+        config, overrides = load_config(args.config or "default", args.set), ()
     try:
-        result = train(args.logdir, config, progress=not args.no_progress)
+        result = train(args.logdir, config, progress=not args.no_progress, overrides=overrides)
     except Interrupted as stop:
         if stop.saved:
             kept = "checkpoint saved"

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -106,20 +107,53 @@ def check_feasible(config: Config, env, logdir: str) -> None:
         raise UsageError(f"--logdir {logdir[:60]}... is too long a path for the run's files: use a shorter one")
 
 
-def prepare_run(logdir: str, config: Config | None) -> Config:
-    """Create or reopen a run directory. A new run needs `config`; an existing one keeps its own, and a
-    different `config` is refused with the options that differ. Every check runs before anything is written."""
+def check_planner(config: Config) -> None:
+    """Build the configured planner once, so that what only it checks (``top_k <= candidates``, ...) fails
+    as bad input before a run directory is written."""
+    from agents.agent import make_planner
+
+    try:
+        make_planner(config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _resume_with(logdir: str, stored: Config, overrides: Sequence[str]) -> Config:
+    """The stored config with `overrides` applied, when every option they change may change on resume."""
+    updated = config_lib.apply_overrides(stored, overrides)
+    changed = config_lib.changes(stored, updated)
+    fixed = [line for key, line in changed.items() if not config_lib.changeable_on_resume(key)]
+    if fixed:
+        raise UsageError(f"{logdir} holds a run whose {'; '.join(fixed)} cannot change (its checkpoint or replay "
+                         f"depends on it); use a new --logdir. Options that may change on resume: "
+                         f"{', '.join(config_lib.CHANGEABLE_ON_RESUME)}")
+    if changed:
+        check_planner(updated)
+        config_lib.save_config(updated, os.path.join(logdir, "config.yaml"))
+        LOG.warning("%s: resuming with %s", logdir, "; ".join(changed.values()))
+    return updated
+
+
+def prepare_run(logdir: str, config: Config | None, overrides: Sequence[str] = ()) -> Config:
+    """Create or reopen a run directory. A new run needs `config`. An existing one keeps its own: a different
+    `config` is refused with the options that differ, while `overrides` (``section.key=value``) are applied
+    to it when they change only what may change on resume (`config.CHANGEABLE_ON_RESUME`: extend a finished
+    run with a larger ``train.env_steps``, change the evaluation cadence, exploration or planner). Every
+    check runs before anything is written."""
     path = os.path.join(logdir, "config.yaml")
     if os.path.exists(path):
         stored = _read_stored_config(path)
         check_writable(logdir)
         if config is not None and config != stored:
             changed = "; ".join(config_lib.differences(stored, config))
-            raise UsageError(f"{logdir} holds a run with a different config ({changed}); "
-                             "use a new --logdir, or rerun without --config/--set to resume")
-        return stored
+            raise UsageError(f"{logdir} holds a run with a different config ({changed}); use a new --logdir, or "
+                             "rerun without --config (--set alone changes what may change on resume)")
+        return _resume_with(logdir, stored, overrides) if overrides else stored
     if config is None:
         raise UsageError(f"{logdir} holds no run (no config.yaml): start one with --config")
+    if overrides:
+        config = config_lib.apply_overrides(config, overrides)
+    check_planner(config)
     try:
         env = make_env(config)  # an unknown task fails here, before the run directory is written
     except ValueError as error:
@@ -148,8 +182,9 @@ def episode_seed(config: Config, index: int) -> int:
 class Trainer:
     """Owns one run: env, model, optimizer, replay, agent; `run()` trains until ``train.env_steps``."""
 
-    def __init__(self, logdir: str, config: Config | None = None, progress: bool = True):
-        self.config = prepare_run(logdir, config)
+    def __init__(self, logdir: str, config: Config | None = None, progress: bool = True,
+                 overrides: Sequence[str] = ()):
+        self.config = prepare_run(logdir, config, overrides)
         self.logdir, self.progress = logdir, progress
         c = self.config
         if c.parallel.distributed:
@@ -434,6 +469,13 @@ class Trainer:
             finally:
                 self.logger.close()
 
+    def _say(self, line: str) -> None:
+        """One line of progress: above the progress bars, or plain on stdout without them."""
+        if self.progress:
+            tqdm.write(line)
+        else:
+            print(line, flush=True)
+
     def _evaluation_due(self) -> bool:
         c = self.config.train
         collected = self.replay.next_index - c.seed_episodes
@@ -443,6 +485,8 @@ class Trainer:
 
     def _run(self) -> dict[str, float]:
         c = self.config.train
+        if self.env_steps < c.env_steps:
+            self.finished = False  # extended with a larger train.env_steps
         already_finished = self.finished
         for folder in (self.logdir, self.replay.directory, self.held_out.directory,
                        *(os.path.join(self.logdir, name) for name in REPORT_FOLDERS)):
@@ -456,17 +500,17 @@ class Trainer:
                 eval_return = self.evaluate_and_report()
                 self.evaluated_at = self.replay.next_index
                 self.save()
-                if self.progress:
-                    tqdm.write(f"env steps {self.env_steps}  eval return {eval_return:.1f}")
+                self._say(f"env steps {self.env_steps}  eval return {eval_return:.1f}")
             if self.env_steps >= c.env_steps:
                 break
-            losses = self.train_phase() if self.phase_updates < c.train_steps else {"loss": float("nan")}
-            self.save()
+            losses = {"loss": float("nan")}  # the phase may be done already (a stop during collection)
+            if self.phase_updates < c.train_steps:
+                losses = self.train_phase()
+                self.save()
             episode_return = self.collect_episode()
             self.save()
-            if self.progress:
-                tqdm.write(f"episode {len(self.replay)}  env steps {self.env_steps}  return {episode_return:.1f}  "
-                           f"loss {losses['loss']:.2f}  updates {self.updates}")
+            self._say(f"episode {self.replay.next_index}  env steps {self.env_steps}  return {episode_return:.1f}  "
+                      f"loss {losses['loss']:.2f}  updates {self.updates}")
         if not self.finished:
             self.write_final_reports()
             self.finished = True
@@ -475,9 +519,11 @@ class Trainer:
                 "already_finished": float(already_finished)}
 
 
-def train(logdir: str, config: Config | None = None, progress: bool = True) -> dict[str, float]:
-    """Train (or resume) the run in `logdir`; see `Trainer`."""
-    return Trainer(logdir, config, progress).run()
+def train(logdir: str, config: Config | None = None, progress: bool = True,
+          overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Train (or resume) the run in `logdir`; see `Trainer` and `prepare_run` (what `overrides` may change on
+    an existing run)."""
+    return Trainer(logdir, config, progress, overrides).run()
 
 
 __all__ = ["Diverged", "Interrupted", "Trainer", "make_env", "make_model", "prepare_run", "train"]

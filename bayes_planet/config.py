@@ -271,18 +271,43 @@ def load_config(preset: str | None = None, overrides: Iterable[str] = ()) -> Con
     return from_dict(values)
 
 
+def _flat(values: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def changes(old: Config, new: Config) -> dict[str, str]:
+    """Dotted keys whose values differ, each with ``key: old -> new``."""
+    old_flat, new_flat = dict(_flat(to_dict(old))), dict(_flat(to_dict(new)))
+    return {key: f"{key}: {old_flat[key]!r} -> {new_flat[key]!r}" for key in old_flat
+            if old_flat[key] != new_flat[key]}
+
+
 def differences(old: Config, new: Config) -> list[str]:
     """Dotted keys whose values differ, as ``key: old -> new``."""
+    return list(changes(old, new).values())
 
-    def flat(values, prefix=""):
-        for key, value in values.items():
-            if isinstance(value, dict):
-                yield from flat(value, f"{prefix}{key}.")
-            else:
-                yield prefix + key, value
 
-    old_flat, new_flat = dict(flat(to_dict(old))), dict(flat(to_dict(new)))
-    return [f"{key}: {old_flat[key]!r} -> {new_flat[key]!r}" for key in old_flat if old_flat[key] != new_flat[key]]
+# What a run may change when it resumes: how long it runs, how it evaluates, explores and plans. Nothing
+# here shapes the checkpoint or the replay. (A key ending in "." names a whole section.)
+CHANGEABLE_ON_RESUME = ("train.env_steps", "train.eval_every", "train.eval_episodes", "train.exploration_noise",
+                        "train.max_nonfinite_updates", "train.replay_in_memory", "planner.", "parallel.candidates")
+
+
+def changeable_on_resume(key: str) -> bool:
+    return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
+               for allowed in CHANGEABLE_ON_RESUME)
+
+
+def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
+    """`config` with ``section.key=value`` overrides applied (validated like `load_config`)."""
+    values = to_dict(config)
+    for override in overrides:
+        values = _merge(values, parse_override(override))
+    return from_dict(values)
 
 
 def save_config(config: Config, path: str) -> None:

@@ -87,8 +87,8 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path)
     assert len(os.listdir(os.path.join(logdir, "episodes"))) == 4
     assert "evaluation return" in finished.stdout
     # a different config on the same run directory is refused, naming the option
-    refused = subprocess.run(_cli(logdir, *overrides, "--set", "planner.horizon=5"), capture_output=True, text=True)
-    assert refused.returncode == 2 and "planner.horizon: 4 -> 5" in refused.stderr
+    refused = subprocess.run(_cli(logdir, "--set", "model.deter_size=32"), capture_output=True, text=True)
+    assert refused.returncode == 2 and "model.deter_size: 16 -> 32 cannot change" in refused.stderr
 
 
 def test_report_commands_on_a_trained_run(tiny_run, capsys):

@@ -149,6 +149,25 @@ def test_a_kill_after_collecting_an_episode_loses_no_updates_and_the_evaluation_
     assert again["already_finished"] == 1.0 and len(_records(logdir, "eval")) == 2
 
 
+def test_a_finished_run_is_extended_and_only_safe_options_change_on_resume(tmp_path, capsys):
+    logdir = str(tmp_path / "run")
+    tiny = _overrides(f"train.env_steps={3 * EPISODE_ENV_STEPS}")
+    assert main(["train", "--logdir", logdir, "--no-progress", *tiny]) == 0
+    out = capsys.readouterr().out
+    assert f"episode 3  env steps {3 * EPISODE_ENV_STEPS}" in out, "--no-progress still prints a line per episode"
+    assert main(["train", "--logdir", logdir, "--no-progress", "--set", "model.deter_size=32"]) == 2
+    assert "model.deter_size: 16 -> 32 cannot change" in capsys.readouterr().err
+    assert main(["train", "--logdir", logdir, "--no-progress", "--set", f"train.env_steps={4 * EPISODE_ENV_STEPS}",
+                 "--set", "planner.objective=optimistic"]) == 0
+    assert "this run is finished" not in capsys.readouterr().out
+    assert [r["step"] for r in _records(logdir, "eval")] == [3 * EPISODE_ENV_STEPS, 4 * EPISODE_ENV_STEPS]
+    assert len(_records(logdir, "calibration")) == 2, "the final reports are written again for the extended run"
+    stored = load_config(os.path.join(logdir, "config.yaml"))
+    assert stored.train.env_steps == 4 * EPISODE_ENV_STEPS and stored.planner.objective == "optimistic"
+    assert main(["train", "--logdir", logdir, "--no-progress"]) == 0
+    assert "this run is finished; nothing to do" in capsys.readouterr().out
+
+
 def test_a_torn_last_metrics_line_is_dropped_and_the_next_record_is_whole(tmp_path):
     logdir = str(tmp_path)
     logger = Logger(logdir)
@@ -230,6 +249,7 @@ def test_a_second_trainer_on_a_live_run_is_refused_and_a_dead_ones_lock_is_taken
     ("env.action_repeat=1000000", "config key 'env.action_repeat' must be in [0, 1000]"),
     ("train.batch_size=[1", "override 'train.batch_size=[1': the value is not valid YAML"),
     ("train.batch_size=@", "the value is not valid YAML"),
+    ("planner.top_k=5000", "planner.top_k must be <= planner.candidates (150), got 5000"),
 ])
 def test_values_that_would_crash_later_are_refused_before_anything_is_written(tmp_path, capsys, override, message):
     logdir = str(tmp_path / "run")
