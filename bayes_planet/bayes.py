@@ -36,7 +36,7 @@ ESTIMATORS = ("reparameterization", "flipout")
 
 # Parameter names that mark a layer's family inside a params tree (see `weight_kl`).
 VARIATIONAL_MEAN, VARIATIONAL_RHO = "w_mean", "w_rho"
-DROPOUT_KERNEL = "w_dropout"
+DROPOUT_KERNEL, DROPOUT_RATE = "w_dropout", "dropout_rate"
 
 _FRESH, _MEAN, _HELD = "fresh", "mean", "held"
 
@@ -251,7 +251,8 @@ class MCDropoutDense(_BayesianDense):
 
     The approximate posterior is the kernel with whole input rows dropped with probability `rate`
     (inverted scaling, so `Weights.mean()` is the plain layer). Same signature as `hk.Linear` plus
-    `rate`. Parameters: ``w_dropout [in, out]`` and ``b``.
+    `rate`. Parameters: ``w_dropout [in, out]``, ``b``, and ``dropout_rate []``: the layer's rate, recorded
+    in the params so that `weight_kl` uses each layer's own (it gets no gradient and never changes).
     """
 
     def __init__(
@@ -276,6 +277,7 @@ class MCDropoutDense(_BayesianDense):
             DROPOUT_KERNEL, (input_size, self.output_size), inputs.dtype,
             init=_kernel_init(self.w_init, input_size),
         )
+        hk.get_parameter(DROPOUT_RATE, (), jnp.float32, init=hk.initializers.Constant(self.rate))
         if weights is None:
             weights = Weights.fresh()
         keep = 1.0 - self.rate
@@ -327,12 +329,12 @@ def gaussian_kl_to_zero_mean(mean: jax.Array, std: jax.Array, prior_std: float) 
     return 0.5 * jnp.sum(var_ratio + jnp.square(mean / prior_std) - 1.0 - jnp.log(var_ratio))
 
 
-def weight_kl(params: Mapping[str, Mapping[str, Any]], prior_std: float = 1.0, dropout_rate: float = 0.1):
+def weight_kl(params: Mapping[str, Mapping[str, Any]], prior_std: float = 1.0):
     """Total weight KL of every Bayesian layer in a haiku params tree, in nats.
 
     Variational layers: the closed-form KL(q(W) || N(0, prior_std^2)). MC-dropout layers: Gal's
-    approximation, (1 - dropout_rate) / (2 prior_std^2) * ||W||^2 (its constant entropy term dropped).
-    Deterministic layers contribute nothing, so a deterministic model gives exactly 0.
+    approximation, (1 - rate) / (2 prior_std^2) * ||W||^2 with each layer's own rate (its constant
+    entropy term dropped). Deterministic layers contribute nothing, so a deterministic model gives exactly 0.
     """
     total = jnp.zeros(())
     for module in params.values():
@@ -340,7 +342,7 @@ def weight_kl(params: Mapping[str, Mapping[str, Any]], prior_std: float = 1.0, d
             std = jax.nn.softplus(module[VARIATIONAL_RHO])
             total = total + gaussian_kl_to_zero_mean(module[VARIATIONAL_MEAN], std, prior_std)
         if DROPOUT_KERNEL in module:
-            scale = (1.0 - dropout_rate) / (2.0 * prior_std**2)
+            scale = (1.0 - jax.lax.stop_gradient(module[DROPOUT_RATE])) / (2.0 * prior_std**2)
             total = total + scale * jnp.sum(jnp.square(module[DROPOUT_KERNEL]))
     return total
 

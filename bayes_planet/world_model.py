@@ -215,7 +215,7 @@ class WorldModel:
         weights = bayes.sample_weights(key_weights, batch_size) if c.train_weights == "per_sequence" else None
         model_loss, metrics = self._fns.apply[0](params, key_apply, observation, batch["action"],
                                                  batch["reward"].astype(jnp.float32), weights)
-        weight_kl = bayes.weight_kl(params, c.prior_std, c.dropout_rate)
+        weight_kl = bayes.weight_kl(params, c.prior_std)
         total = model_loss + c.weight_kl_scale * weight_kl
         metrics = dict(metrics, weight_kl=weight_kl, weight_std=bayes.posterior_std_mean(params), loss=total)
         return total, metrics

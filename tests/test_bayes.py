@@ -59,6 +59,21 @@ def test_kl_matches_closed_form_and_monte_carlo():
     assert abs(per_sample.mean() - closed) < 3 * standard_error
 
 
+def test_mc_dropout_kl_uses_each_layers_own_rate():
+    x = jnp.ones((2, 5))
+
+    def two_layers(x):
+        return MCDropoutDense(3, name="low", rate=0.3)(MCDropoutDense(4, name="high", rate=0.8)(x))
+
+    params = hk.transform(two_layers).init(KEY, x)
+    prior = 0.5
+    closed = sum((1 - rate) / (2 * prior**2) * float(jnp.sum(params[name]["w_dropout"] ** 2))
+                 for name, rate in (("low", 0.3), ("high", 0.8)))
+    assert float(weight_kl(params, prior_std=prior)) == pytest.approx(closed, rel=1e-5)
+    gradient = jax.grad(lambda p: weight_kl(p, prior))(params)
+    assert float(gradient["low"]["dropout_rate"]) == 0.0, "the recorded rate is never trained"
+
+
 def test_kl_is_zero_without_bayesian_layers_and_positive_with():
     x = jnp.ones((2, 3))
     plain = hk.transform(lambda x: hk.Linear(4)(x)).init(KEY, x)
