@@ -75,22 +75,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained(logdir: str, progress: bool = True):
-    from agents.train import CHECKPOINT_NAME, PICKLED_CHECKPOINT_NAME, Trainer
-    from bayes_planet.checkpoint import previous_path
-
-    if not os.path.exists(os.path.join(logdir, "config.yaml")):
-        raise UsageError(f"{logdir} holds no run (no config.yaml)")
-    checkpoint = os.path.join(logdir, CHECKPOINT_NAME)
-    candidates = (checkpoint, previous_path(checkpoint), os.path.join(logdir, PICKLED_CHECKPOINT_NAME))
-    if not any(map(os.path.exists, candidates)):  # before anything is written (the Trainer refuses a pickle)
-        raise UsageError(f"{logdir} has no checkpoint yet")
-    trainer = Trainer(logdir, None, progress=progress)
-    if trainer.params is None:
-        raise UsageError(f"{logdir} has no readable checkpoint")
-    return trainer
-
-
 def _positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) < 1:
@@ -98,27 +82,37 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from agents.run import load_run
     from agents.train import episode_return
+    from bayes_planet.viz import write_video
 
     _positive(args, "episodes")
-    trainer = _trained(args.logdir, not args.no_progress)
-    video = os.path.join(args.logdir, "eval_episode.mp4") if args.video else None
-    returns = [episode_return(e) for e in trainer.evaluate(args.episodes, video)]
-    print(f"{trainer.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
-          f"episodes (no exploration noise; {trainer.updates} updates, {trainer.env_steps} env steps)")
-    if video:
+    run = load_run(args.logdir)
+    steps = args.episodes * getattr(run.make_env().unwrapped, "max_episode_steps", 0)
+    with tqdm(total=steps or None, desc="eval", leave=False, disable=args.no_progress) as bar:
+        episodes = run.evaluate(args.episodes, args.seed, on_step=lambda reward: bar.update(1))
+    returns = [episode_return(e) for e in episodes]
+    print(f"{run.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
+          f"episodes (no exploration noise, --seed {args.seed}; {run.updates} updates): "
+          + " ".join(f"{r:.1f}" for r in returns))
+    if args.video and run.config.model.observation == "pixels":
+        video = os.path.join(args.logdir, "eval_episode.mp4")
+        write_video(video, list(episodes[0]["observation"]))
         print(f"video of the first episode: {video}")
     return 0
 
 
 def _openloop(args: argparse.Namespace) -> int:
     from agents.reports import write_open_loop
+    from agents.run import load_run
 
     _positive(args, "episodes", "sequences", "context", "horizon")
-    trainer = _trained(args.logdir, not args.no_progress)
-    if trainer.config.model.observation != "pixels":
+    run = load_run(args.logdir)
+    if run.config.model.observation != "pixels":
         raise UsageError("open-loop videos need a pixel model (model.observation=pixels)")
-    paths = write_open_loop(trainer, trainer.held_out_episodes(args.episodes), os.path.join(args.logdir, "openloop"),
+    paths = write_open_loop(run, run.episodes(args.episodes), os.path.join(args.logdir, "openloop"),
                             "openloop", args.sequences, args.context, args.horizon, args.weight_samples)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
@@ -127,11 +121,11 @@ def _openloop(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     from agents.reports import format_probe_table, probe_report, write_probe_report
+    from agents.run import load_run
 
     _positive(args, "episodes", "test_episodes", "context", "horizon")
-    trainer = _trained(args.logdir, not args.no_progress)
-    rows, scatter = probe_report(trainer, trainer.held_out_episodes(args.episodes), args.test_episodes,
-                                 args.context, args.horizon)
+    run = load_run(args.logdir)
+    rows, scatter = probe_report(run, run.episodes(args.episodes), args.test_episodes, args.context, args.horizon)
     print(format_probe_table(rows))
     for kind, path in write_probe_report(rows, scatter, os.path.join(args.logdir, "probes")).items():
         print(f"{kind}: {path}")
@@ -140,13 +134,14 @@ def _probe(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from agents.reports import calibration_report, format_calibration_table, write_calibration
+    from agents.run import load_run
 
     _positive(args, "episodes", "horizon", "latent_samples")
     tables = {}
     for logdir in args.logdir:
-        trainer = _trained(logdir, not args.no_progress)
-        tables[logdir] = calibration_report(trainer, trainer.held_out_episodes(args.episodes), args.horizon,
-                                            args.weight_samples, args.latent_samples)
+        run = load_run(logdir)
+        tables[logdir] = calibration_report(run, run.episodes(args.episodes), args.horizon, args.weight_samples,
+                                            args.latent_samples)
     print(format_calibration_table(tables))
     for kind, path in write_calibration(tables, os.path.join(args.logdir[0], "calibration")).items():
         print(f"{kind}: {path}")
@@ -169,9 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override an option, e.g. --set planner.objective=optimistic --set planner.beta=1.0")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
-    evaluate = commands.add_parser("eval", help="evaluate a run's latest checkpoint without exploration noise")
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a run's latest checkpoint without exploration noise",
+        description="Roll out --episodes episodes with the run's agent and no exploration noise, from env seeds "
+                    "and planner keys fixed by --seed; print every return. Read-only: the run directory is "
+                    "not changed (except for --video).")
     evaluate.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
     evaluate.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="evaluation seed: the same seed gives the same episodes and returns (default 0)")
     evaluate.add_argument("--video", action="store_true",
                           help="also write <logdir>/eval_episode.mp4 of the first episode")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Bayesian model, the mean and per-pixel std over weight samples) and openloop-reward.png.")
     openloop.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
     openloop.add_argument("--episodes", type=int, default=2, help="held-out episodes to draw from (default 2; "
-                          "evaluated with the agent when <logdir>/held_out has fewer)")
+                          "topped up in memory with new agent episodes when <logdir>/held_out has fewer)")
     openloop.add_argument("--sequences", type=int, default=4, help="sequences side by side (default 4)")
     openloop.add_argument("--context", type=int, default=5, help="filtered frames (default 5)")
     openloop.add_argument("--horizon", type=int, default=45, help="imagined frames (default 45)")

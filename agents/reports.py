@@ -1,6 +1,6 @@
 """Reports on a trained run: open-loop predictions, latent velocity probes, reward calibration.
 
-Each takes a `Trainer` (a run directory with a checkpoint) and held-out episodes as arrays, computes with the
+Each takes a `Run` (`agents.run`: config, model, params) and held-out episodes as arrays, computes with the
 pure functions of `bayes_planet.openloop` / `probes` / `calibration`, and writes files next to the run.
 """
 
@@ -21,13 +21,13 @@ from bayes_planet.openloop import open_loop
 from bayes_planet.viz import save_figure, write_open_loop_report
 
 
-def report_weight_samples(trainer, weight_samples: int | None = None) -> int:
+def report_weight_samples(run, weight_samples: int | None = None) -> int:
     """K for the reports: `weight_samples` when given, else the planner's K for a Bayesian model, 0 (mean
     weights only) for a deterministic one."""
     if weight_samples is not None:
         return weight_samples
-    bayesian = trainer.config.model.transition != "deterministic"
-    return max(trainer.config.planner.weight_samples, 2) if bayesian else 0
+    bayesian = run.config.model.transition != "deterministic"
+    return max(run.config.planner.weight_samples, 2) if bayesian else 0
 
 
 def windows(episodes: list[dict], count: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -49,19 +49,19 @@ def write_json(path: str, payload) -> None:
 
 
 # ------------------------------------------------------------------------------------------ open loop
-def write_open_loop(trainer, episodes: list[dict], directory: str, name: str = "openloop", sequences: int = 4,
+def write_open_loop(run, episodes: list[dict], directory: str, name: str = "openloop", sequences: int = 4,
                     context: int = 5, horizon: int = 45, weight_samples: int | None = None) -> dict[str, str]:
     """Open-loop report of `sequences` windows (`context` filtered + `horizon` imagined frames) from
     `episodes`: GIF, MP4, PNG strip and reward plot under `directory`. Returns the paths."""
     batch = windows(episodes, sequences, context + horizon)
-    key = jax.random.PRNGKey(trainer.config.seed)
-    result = open_loop(trainer.model, trainer.params, key, batch["observation"], batch["action"], batch["reward"],
-                       context, report_weight_samples(trainer, weight_samples))
+    key = jax.random.PRNGKey(run.config.seed)
+    result = open_loop(run.model, run.params, key, batch["observation"], batch["action"], batch["reward"],
+                       context, report_weight_samples(run, weight_samples))
     return write_open_loop_report(result, directory, name)
 
 
 # ------------------------------------------------------------------------------------------ probes
-def probe_report(trainer, episodes: list[dict], test_episodes: int = 2, context: int = 5,
+def probe_report(run, episodes: list[dict], test_episodes: int = 2, context: int = 5,
                  horizon: int = 45) -> tuple[list[dict], dict]:
     """Ridge probes from latent features to the true velocities, split by episode (the last `test_episodes`
     are held out), for the trained model and for a randomly initialized one (the control), with features
@@ -75,16 +75,16 @@ def probe_report(trainer, episodes: list[dict], test_episodes: int = 2, context:
     observation, action = stack("observation"), stack("action")
     targets, names = zip(*(probes.probe_targets({k: v[:length] for k, v in e.items()}) for e in episodes), strict=True)
     targets, names = np.stack(targets), names[0]  # [E, T, D]
-    key = jax.random.PRNGKey(trainer.config.seed)
-    untrained = trainer.model.init(jax.random.PRNGKey(trainer.config.seed + 1),
+    key = jax.random.PRNGKey(run.config.seed)
+    untrained = run.model.init(jax.random.PRNGKey(run.config.seed + 1),
                                    {"observation": observation[:1, :2], "action": action[:1, :2],
                                     "reward": stack("reward")[:1, :2]})
     rows, scatter = [], None
     split = len(episodes) - test_episodes
-    for model_name, params in (("trained", trainer.params), ("random init", untrained)):
-        features = {"posterior": (probes.posterior_features(trainer.model, params, key, observation, action),
+    for model_name, params in (("trained", run.params), ("random init", untrained)):
+        features = {"posterior": (probes.posterior_features(run.model, params, key, observation, action),
                                   np.arange(length))}
-        features["open loop"] = probes.open_loop_features(trainer.model, params, key, observation, action,
+        features["open loop"] = probes.open_loop_features(run.model, params, key, observation, action,
                                                           context, horizon)
         for feature_name, (values, steps) in features.items():
             y = targets[:, steps]
@@ -148,18 +148,18 @@ def write_probe_report(rows: list[dict], scatter: dict, directory: str) -> dict[
 
 
 # ------------------------------------------------------------------------------------------ calibration
-def calibration_report(trainer, episodes: list[dict], horizon: int = 12, weight_samples: int | None = None,
+def calibration_report(run, episodes: list[dict], horizon: int = 12, weight_samples: int | None = None,
                        latent_samples: int = 4, stride: int = 10) -> dict:
     """Open-loop reward calibration at horizons 1..`horizon` over `episodes` (see `bayes_planet.calibration`)."""
     length = min(len(e["action"]) for e in episodes)
     stack = lambda name: np.stack([e[name][:length] for e in episodes])
-    k = report_weight_samples(trainer, weight_samples)
+    k = report_weight_samples(run, weight_samples)
     means, truth = calibration.open_loop_reward_samples(
-        trainer.model, trainer.params, jax.random.PRNGKey(trainer.config.seed), stack("observation"),
+        run.model, run.params, jax.random.PRNGKey(run.config.seed), stack("observation"),
         stack("action"), stack("reward"), horizon, k, latent_samples, stride)
     table = calibration.calibration_table(means, truth)
     table.update(weight_samples=k, latent_samples=latent_samples, predictions=int(truth.size),
-                 transition=trainer.config.model.transition,
+                 transition=run.config.model.transition,
                  verdict_50=calibration.verdict(float(np.mean(table["coverage_50"])), 0.5),
                  verdict_90=calibration.verdict(float(np.mean(table["coverage_90"])), 0.9))
     return table

@@ -30,9 +30,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-import envs
 from agents.agent import PlanetAgent
 from agents.rollout import random_policy, run_episode
+from agents.run import CHECKPOINT_NAME, HELD_OUT, Run, example_batch, make_env, make_model, refuse_pickled_checkpoint
 from bayes_planet import config as config_lib
 from bayes_planet import memory, parallel
 from bayes_planet.checkpoint import is_finite, load_checkpoint, save_checkpoint
@@ -40,14 +40,13 @@ from bayes_planet.config import Config
 from bayes_planet.errors import UsageError
 from bayes_planet.files import RunLock, check_writable, remove_partial_files
 from bayes_planet.logger import Logger, read_metrics
-from bayes_planet.replay import CorruptEpisode, Replay
+from bayes_planet.replay import Replay
 from bayes_planet.viz import plot_learning_curve, write_video
-from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
+from bayes_planet.world_model import make_optimizer, make_train_step
 
 LOG = logging.getLogger(__name__)
 BATCH_KEYS = ("observation", "action", "reward")
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never share a seed with training episodes
-CHECKPOINT_NAME, PICKLED_CHECKPOINT_NAME = "checkpoint.npz", "checkpoint.pkl"
 REPORT_FOLDERS = ("videos", "openloop", "calibration", "probes")
 
 
@@ -62,17 +61,6 @@ class Interrupted(Exception):
 
 class Diverged(RuntimeError):
     """Too many consecutive non-finite updates (``train.max_nonfinite_updates``)."""
-
-
-def make_env(config: Config, seed: int | None = None):
-    """The run's environment."""
-    c = config.env
-    return envs.make(c.task, action_repeat=c.action_repeat or None, camera_id=None if c.camera_id < 0 else c.camera_id,
-                     observation=config.model.observation, seed=seed)
-
-
-def make_model(config: Config, env) -> WorldModel:
-    return WorldModel(config.model, env.action_space.shape[0], env.observation_space.shape)
 
 
 def _read_stored_config(path: str) -> Config:
@@ -201,7 +189,7 @@ class Trainer:
         self._train_step_compiled = False  # compiled ahead of its first call, see `memory.compile_ahead`
         self.agent = PlanetAgent.from_config(self.model, c)
         self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)
-        self.held_out = Replay(os.path.join(logdir, "held_out"), max_in_memory=8)
+        self.held_out = Replay(os.path.join(logdir, HELD_OUT), max_in_memory=8)
         self.logger = Logger(logdir)
         self.checkpoint_path = os.path.join(logdir, CHECKPOINT_NAME)
         self.params = self.opt_state = None
@@ -223,11 +211,8 @@ class Trainer:
                 "phase_updates": self.phase_updates, "evaluated_at": self.evaluated_at, "finished": self.finished}
 
     def _restore(self) -> None:
-        pickled = os.path.join(self.logdir, PICKLED_CHECKPOINT_NAME)
-        if os.path.exists(pickled) and not os.path.exists(self.checkpoint_path):
-            raise UsageError(f"{pickled} is a pickled checkpoint from an older bayes-planet: loading a pickle can "
-                             "run any code its author put in it, so it is not read; start a new run")
-        params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), self._example_batch())  # no compile
+        refuse_pickled_checkpoint(self.logdir)
+        params = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), example_batch(self.env))  # no compile
         like = dict(self._state(), params=params, opt_state=jax.eval_shape(self.optimizer.init, params))
         saved = load_checkpoint(self.checkpoint_path, like)
         if saved is None:
@@ -242,17 +227,14 @@ class Trainer:
         self.phase_updates = saved["phase_updates"] if saved["episodes"] == self.replay.next_index else 0
         self.evaluated_at, self.finished = saved["evaluated_at"], saved["finished"]
 
-    def _example_batch(self) -> dict[str, np.ndarray]:
-        """A zero batch ``[1, 2, ...]`` with the env's shapes and dtypes (for init; reads no episode)."""
-        space = self.env.observation_space
-        return {"observation": np.zeros((1, 2, *space.shape), space.dtype),
-                "action": np.zeros((1, 2, *self.env.action_space.shape), np.float32),
-                "reward": np.zeros((1, 2), np.float32)}
-
     def _initialize(self) -> None:
         self.key, key_init = jax.random.split(self.key)
-        self.params = self.model.init(key_init, self._example_batch())
+        self.params = self.model.init(key_init, example_batch(self.env))
         self.opt_state = self.optimizer.init(self.params)
+
+    def as_run(self) -> Run:
+        """The model as it is now, for the reports (`agents.run.Run`)."""
+        return Run(self.config, self.model, self.params, self.updates, self.logdir)
 
     def save(self) -> bool:
         """Write the checkpoint; a model with a non-finite parameter is never written over a finite one (returns
@@ -354,8 +336,9 @@ class Trainer:
         episodes as arrays (``reward[1:].sum()`` is the return); the first one's frames go to `video`."""
         env = make_env(self.config)
         collected = []
+        first = self.replay.next_index * max(1, self.config.train.eval_episodes)  # the same after a rerun
         for index in range(episodes):
-            number = self.held_out.next_index  # every held-out episode gets its own env seed and planner key
+            number = first + index  # every evaluation episode gets its own env seed and planner key
             key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET), number)
             seed = EVAL_SEED_OFFSET + episode_seed(self.config, number)
             episode = self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env)
@@ -366,36 +349,20 @@ class Trainer:
             collected.append(arrays)
         return collected
 
-    def latest_held_out(self, count: int) -> list[dict[str, np.ndarray]]:
-        """Up to `count` of the latest readable held-out episodes, oldest first; a damaged one is set aside
-        (`Replay.episode`) and the one before it taken instead."""
-        episodes, index = [], len(self.held_out) - 1
-        while len(episodes) < count and index >= 0:
-            with contextlib.suppress(CorruptEpisode):
-                episodes.append(self.held_out.episode(index))
-            index = min(index - 1, len(self.held_out) - 1)
-        return episodes[::-1]
-
-    def held_out_episodes(self, count: int) -> list[dict[str, np.ndarray]]:
-        """The `count` latest held-out episodes of the agent, evaluating more first when there are fewer."""
-        episodes = self.latest_held_out(count)
-        if len(episodes) < count:
-            self.evaluate(count - len(episodes))
-            episodes = self.latest_held_out(count)
-        return episodes
-
     def evaluate_and_report(self) -> float:
+        """Evaluate (`evaluate`), write the open-loop report, then log the ``eval`` record and redraw the
+        learning curve: the record comes last, so a kill before it redoes the whole evaluation on the rerun."""
         name = f"{self.env_steps:08d}"
         video = os.path.join(self.logdir, "videos", f"eval-{name}.mp4")
         os.makedirs(os.path.dirname(video), exist_ok=True)
         episodes = self.evaluate(self.config.train.eval_episodes, video)
         returns = [episode_return(e) for e in episodes]
+        if self.config.model.observation == "pixels":
+            from agents.reports import write_open_loop
+            write_open_loop(self.as_run(), episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
         self.logger.write("eval", self.env_steps, {"return": np.mean(returns), "return_std": np.std(returns),
                                                     "return_min": np.min(returns), "return_max": np.max(returns)})
         self.plot()
-        if self.config.model.observation == "pixels":
-            from agents.reports import write_open_loop
-            write_open_loop(self, episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
         return float(np.mean(returns))
 
     def write_final_reports(self, max_episodes: int = 6) -> None:
@@ -403,18 +370,18 @@ class Trainer:
         at least 3 of them, latent velocity probes (``probes/``); summaries go to metrics.jsonl."""
         from agents.reports import calibration_report, probe_report, write_calibration, write_probe_report
 
-        episodes = self.latest_held_out(max_episodes)
+        episodes = self.held_out.latest(max_episodes)
         count = len(episodes)
         if count == 0 or self.params is None:
             return
-        table = calibration_report(self, episodes)
+        table = calibration_report(self.as_run(), episodes)
         write_calibration({self.logdir: table}, os.path.join(self.logdir, "calibration"))
         self.logger.write("calibration", self.env_steps, {
             "coverage_50": float(np.mean(table["coverage_50"])), "coverage_90": float(np.mean(table["coverage_90"])),
             "nll": float(np.mean(table["nll"]))})
         self._check_stop()
         if count >= 3 and any(k in episodes[0] for k in ("velocity", "speed")):
-            rows, scatter = probe_report(self, episodes, test_episodes=max(1, count // 3))
+            rows, scatter = probe_report(self.as_run(), episodes, test_episodes=max(1, count // 3))
             write_probe_report(rows, scatter, os.path.join(self.logdir, "probes"))
             overall = {f"r2/{r['model']}/{r['features']}".replace(" ", "_"): r["r2"]
                        for r in rows if r["target"] == "overall (mean)"}
@@ -478,6 +445,9 @@ class Trainer:
 
     def _evaluation_due(self) -> bool:
         c = self.config.train
+        evaluations = [r for r in read_metrics(self.logdir) if r["kind"] == "eval"]
+        if evaluations and evaluations[-1]["step"] == self.env_steps:  # logged, then killed before the checkpoint
+            self.evaluated_at = self.replay.next_index
         collected = self.replay.next_index - c.seed_episodes
         done = self.env_steps >= c.env_steps
         return (c.eval_episodes > 0 and self.evaluated_at != self.replay.next_index

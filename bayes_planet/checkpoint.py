@@ -116,6 +116,8 @@ def _read_leaves(path: str) -> dict[str, Any]:
 
 def _nested(leaves: dict[str, Any]) -> Any:
     """Rebuild plain containers from encoded paths: dicts, with lists where every key was an index."""
+    if "[]" in leaves:  # a single leaf at the root
+        return leaves["[]"]
     root: dict = {}
     for key, value in leaves.items():
         encoded = json.loads(key)
@@ -153,9 +155,17 @@ def _restore_like(leaves: dict[str, Any], like: Any, path: str) -> Any:
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
-def load_checkpoint(path: str, like: Any = None) -> Any | None:
+def _subtree(leaves: dict[str, Any], key: str) -> dict[str, Any]:
+    """The leaves under the top-level dict key `key`, with that first path entry removed."""
+    prefix = ["key", key]
+    return {json.dumps(path[1:]): value for path, value in ((json.loads(k), v) for k, v in leaves.items())
+            if path and path[0] == prefix}
+
+
+def load_checkpoint(path: str, like: Any = None, subtree: str | None = None) -> Any | None:
     """The tree saved at `path`; when that file is missing or damaged, the previous checkpoint (with one
-    warning line naming the file); None when there is neither.
+    warning line naming the file); None when there is neither. With `subtree`, only the entry of that name
+    in the saved top-level dict (e.g. ``"params"``), which `like` then describes.
 
     With `like` (a pytree of the expected structure: arrays or ``jax.ShapeDtypeStruct`` leaves, plain values
     where plain values were saved) the result has `like`'s structure, named tuples included, and a mismatch
@@ -172,6 +182,8 @@ def load_checkpoint(path: str, like: Any = None) -> Any | None:
             continue
         if candidate != path:
             LOG.warning("%s is missing or unreadable: resuming from the previous checkpoint %s", path, candidate)
+        if subtree is not None:
+            leaves = _subtree(leaves, subtree)
         return _nested(leaves) if like is None else _restore_like(leaves, like, candidate)
     return None
 

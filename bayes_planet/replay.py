@@ -44,24 +44,26 @@ def write_episode_atomically(path: str, arrays: Mapping[str, np.ndarray]) -> Non
 
 
 class Replay:
-    """Replay of whole episodes stored in `directory`.
+    """Replay of whole episodes stored in `directory`. With `read_only` it writes nothing: no folder is
+    created, nothing can be added, and a damaged file is skipped where it lies.
 
     Each episode is a dict of arrays with the same leading time axis ``[T, ...]`` (``observation``,
     ``action``, ``reward``, and any extras such as ``velocity``).
     """
 
-    def __init__(self, directory: str, max_in_memory: int | None = None):
+    def __init__(self, directory: str, max_in_memory: int | None = None, read_only: bool = False):
         if max_in_memory is not None and max_in_memory < 1:
             raise ValueError(f"replay max_in_memory must be >= 1 or None, got {max_in_memory}")
-        self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        self.directory, self.read_only = directory, read_only
+        if not read_only:
+            os.makedirs(directory, exist_ok=True)
         self.max_in_memory = max_in_memory
         self._cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self._paths: list[str] = []
         self._lengths: list[int] = []
         self._next_index = 0
         self._set_aside_steps = 0
-        for name in sorted(os.listdir(directory)):
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
             path = os.path.join(directory, name)
             match = EPISODE_PATTERN.match(name.removesuffix(CORRUPT_SUFFIX))
             if not match:
@@ -98,6 +100,8 @@ class Replay:
 
     def add(self, episode: Mapping[str, np.ndarray]) -> str:
         """Store one episode (dict of ``[T, ...]`` arrays); returns its path."""
+        if self.read_only:
+            raise PermissionError(f"replay {self.directory} was opened read-only")
         lengths = {key: len(value) for key, value in episode.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"every array of an episode needs the same length, got {lengths}")
@@ -128,9 +132,24 @@ class Replay:
         self._remember(path, arrays)
         return arrays
 
+    def latest(self, count: int) -> list[dict[str, np.ndarray]]:
+        """Up to `count` of the latest readable episodes, oldest first (a damaged one is set aside and the
+        one before it taken instead)."""
+        episodes, index = [], len(self) - 1
+        while len(episodes) < count and index >= 0:
+            try:
+                episodes.append(self.episode(index))
+            except CorruptEpisode:
+                pass
+            index = min(index - 1, len(self) - 1)
+        return episodes[::-1]
+
     def _set_aside(self, path: str, problem: str, length: int) -> None:
-        os.replace(path, path + CORRUPT_SUFFIX)
         self._set_aside_steps += length
+        if self.read_only:  # leave the file as it is
+            LOG.warning("skipping corrupt episode file %s (%s)", path, problem)
+            return
+        os.replace(path, path + CORRUPT_SUFFIX)
         LOG.warning("skipping corrupt episode file %s (%s); moved to %s%s", path, problem, path, CORRUPT_SUFFIX)
 
     def _remember(self, path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -41,6 +41,7 @@ def summary(logdir: str) -> dict:
     saved = load_checkpoint(os.path.join(logdir, "checkpoint.npz"))
     return {"updates": int(saved["updates"]), "episodes": len(Replay(os.path.join(logdir, "episodes"))),
             "eval steps": [r["step"] for r in records if r["kind"] == "eval"],
+            "eval returns": [round(r["return"], 2) for r in records if r["kind"] == "eval"],
             "train records": len([r for r in records if r["kind"] == "train"]),
             "random records": len([r for r in records if r["kind"] == "random"]),
             "params": saved["params"]}
@@ -79,7 +80,7 @@ def main() -> None:
     subprocess.run(command(killed), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want, got = summary(reference), summary(killed)
     print("\n| | undisturbed | killed and rerun |\n|---|---|---|")
-    for key in ("updates", "episodes", "eval steps", "train records", "random records"):
+    for key in ("updates", "episodes", "eval steps", "eval returns", "train records", "random records"):
         print(f"| {key} | {want[key]} | {got[key]} |")
     import jax
 

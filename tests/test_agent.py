@@ -100,7 +100,7 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     assert frames.shape[1] == 5 * 66  # truth, prediction, error, mean and std over 2 weight samples
 
     assert main(["probe", *common, "--episodes", "3", "--test-episodes", "1", "--horizon", "20"]) == 0
-    assert len(os.listdir(os.path.join(logdir, "held_out"))) == 3  # two more agent episodes evaluated
+    assert len(os.listdir(os.path.join(logdir, "held_out"))) == 1  # topped up in memory, the run left as it was
     with open(os.path.join(logdir, "probes", "probes.json")) as handle:
         rows = json.load(handle)
     assert {(r["model"], r["features"]) for r in rows} == {
@@ -121,3 +121,39 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     assert "test_episodes must be in [1, 2] with 3 episodes, got 3" in capsys.readouterr().err
     assert main(["openloop", "--logdir", os.path.join(logdir, "missing")]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+def _tree(folder):
+    return {os.path.join(root, name): os.path.getmtime(os.path.join(root, name))
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def test_load_run_acts_in_a_real_env_and_writes_nothing(tiny_run, capsys):
+    from agents.rollout import run_episode
+    from agents.run import load_run
+
+    logdir, _ = tiny_run
+    before = _tree(logdir)
+    folders = [logdir, os.path.join(logdir, "held_out")]
+    immutable = subprocess.run(["chattr", "+i", *folders], capture_output=True).returncode == 0
+    try:  # where chattr works, not even root can write here: load_run needs no write access
+        run = load_run(logdir)
+        assert run.updates == 3 and run.config.planner.matmul_dtype == "bfloat16"
+        episode = run_episode(run.make_env(seed=5), run.policy(), seed=5)
+        assert len(episode.actions) == 125 and np.all(np.abs(np.asarray(episode.actions)) <= 1)
+        assert len(run.held_out(4)) == 1 and len(run.episodes(2)) == 2
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", *folders], check=True)
+    assert _tree(logdir) == before
+
+
+def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run, capsys):
+    logdir, _ = tiny_run
+    before = _tree(logdir)
+    outputs = []
+    for seed in (3, 3, 4):
+        assert main(["eval", "--logdir", logdir, "--episodes", "2", "--seed", str(seed), "--no-progress"]) == 0
+        outputs.append(capsys.readouterr().out.split("updates): ")[1])
+    assert outputs[0] == outputs[1] != outputs[2]
+    assert _tree(logdir) == before
