@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any, NamedTuple
 
 import jax
@@ -9,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from bayes_planet import config as config_lib
 from bayes_planet import parallel
 from bayes_planet.config import Config
+from bayes_planet.errors import UsageError
 from bayes_planet.objectives import make_objective
-from bayes_planet.planners import PLANNERS, Planner, world_model_scorer
+from bayes_planet.planners import Planner, planner_class, world_model_scorer
 from bayes_planet.rssm import RSSMState
 from bayes_planet.world_model import WorldModel
 
@@ -27,11 +31,27 @@ class AgentState(NamedTuple):
 
 
 def make_planner(config: Config) -> Planner:
-    """The planner named by ``config.planner`` with its sizes."""
+    """The planner ``config.planner.name`` names (`planner_class`), built by keyword: each of its fields
+    from ``planner.options`` if given there, else from the common ``planner.*`` option of that name, else
+    its own default. Raises a `UsageError` naming an unknown option or a bad value."""
     c = config.planner
-    if c.name == "cem":
-        return PLANNERS["cem"](c.horizon, c.iterations, c.candidates, c.top_k, c.warm_start)
-    return PLANNERS[c.name](c.horizon, c.candidates)
+    try:
+        cls = planner_class(c.name)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(c.options) - fields)
+    if unknown:
+        raise UsageError(f"config key 'planner.options.{unknown[0]}' is not a field of planner {c.name!r}; its "
+                         f"fields: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    common = {name: getattr(c, name) for name in fields & set(dataclasses.asdict(c))}
+    options = {name: config_lib.check_value(f"planner.options.{name}", value, hints[name])
+               for name, value in c.options.items()}
+    try:
+        return cls(**{**common, **options})
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 class PlanetAgent:

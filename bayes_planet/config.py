@@ -39,8 +39,12 @@ class EnvConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PlannerConfig:
-    """name: "cem" or "random_shooting". objective: how returns under `weight_samples` transition samples
-    are scored (see `bayes_planet.objectives`); weight_samples 0 plans with the posterior-mean weights.
+    """name: "cem", "random_shooting", "mppi" (`bayes_planet.planners.PLANNERS`) or the import path of a user's
+    planner ("package.module:Class"). horizon, iterations, candidates, top_k, warm_start: the planners' common
+    fields, passed to those that have them; options: any other field of the named planner (e.g.
+    ``{temperature: 0.3}`` for MPPI), checked against its fields. objective: how returns under
+    `weight_samples` transition samples are scored (see `bayes_planet.objectives`); weight_samples 0 plans
+    with the posterior-mean weights.
     thompson_every: "plan" (a new sample per plan call) or "episode". matmul_dtype: "float32", or
     "bfloat16" for matmul inputs while scoring candidates (float32 results; a 1.5-1.8x faster CEM call on a
     CPU with AVX512-BF16, maybe slower on one without; see `bayes_planet.precision`)."""
@@ -57,6 +61,7 @@ class PlannerConfig:
     alpha: float = 0.1
     thompson_every: str = "plan"
     matmul_dtype: str = "float32"
+    options: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +117,6 @@ CHOICES = {
     "model.transition": LAYER_KINDS,
     "model.train_weights": TRAIN_WEIGHTS,
     "model.free_nats_side": FREE_NATS_SIDES,
-    "planner.name": ("cem", "random_shooting"),
     "planner.objective": OBJECTIVES,
     "planner.thompson_every": ("plan", "episode"),
     "planner.matmul_dtype": MATMUL_DTYPES,
@@ -159,7 +163,9 @@ def _as_float(value: Any) -> Any:
     return value
 
 
-def _check_value(path: str, value: Any, kind: type) -> Any:
+def check_value(path: str, value: Any, kind: type) -> Any:
+    """`value` for the option `path` of type `kind`, checked against its type, `CHOICES` and `RANGES` (ints
+    widened to floats, numbers written as text read as numbers); raises a `UsageError` naming `path`."""
     if kind is float:
         value = _as_float(value)
         if isinstance(value, float) and not math.isfinite(value):
@@ -194,7 +200,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
         if dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, f"{prefix}{key}.")
         else:
-            kwargs[key] = _check_value(prefix + key, value, kind)
+            kwargs[key] = check_value(prefix + key, value, kind)
     return cls(**kwargs)
 
 

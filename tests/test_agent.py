@@ -157,3 +157,24 @@ def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run,
         outputs.append(capsys.readouterr().out.split("updates): ")[1])
     assert outputs[0] == outputs[1] != outputs[2]
     assert _tree(logdir) == before
+
+
+def test_a_users_planner_named_in_the_config_trains_is_recorded_and_evaluates(tmp_path, capsys):
+    from user_planner import ConstantActions
+
+    from agents.run import load_run
+
+    logdir = str(tmp_path / "run")
+    overrides = TINY_RUN + [f"train.env_steps={3 * EPISODE_ENV_STEPS}", "planner.name=user_planner:ConstantActions",
+                            "planner.options.spread=0.5"]
+    assert main(["train", "--logdir", logdir, "--no-progress", *[a for o in overrides for a in ("--set", o)]]) == 0
+    stored = load_config(os.path.join(logdir, "config.yaml"))
+    assert stored.planner.name == "user_planner:ConstantActions" and stored.planner.options == {"spread": 0.5}
+    run = load_run(logdir)
+    assert run.agent().planner == ConstantActions(horizon=4, candidates=16, spread=0.5)
+    (episode,) = run.evaluate(1)
+    assert 0 < np.max(np.abs(episode["action"])) <= 0.5, "without noise, actions lie in [-spread, spread]"
+    assert main(["eval", "--logdir", logdir, "--episodes", "1", "--no-progress"]) == 0
+    assert main(["train", "--logdir", str(tmp_path / "bad"), "--no-progress", "--set",
+                 "planner.name=user_planner:ConstantActions", "--set", "planner.options.sprad=1"]) == 2
+    assert "'planner.options.sprad' is not a field of planner" in capsys.readouterr().err

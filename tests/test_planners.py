@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from bayes_planet import bayes, objectives
 from bayes_planet.objectives import make_objective
-from bayes_planet.planners import CEM, RandomShooting, world_model_scorer
+from bayes_planet.planners import CEM, MPPI, RandomShooting, world_model_scorer
 from bayes_planet.world_model import WorldModel
 
 KEY = jax.random.PRNGKey(0)
@@ -120,3 +120,32 @@ def test_world_model_scorer_on_a_real_model(kind):
     score_fn = world_model_scorer(model, params, jax.random.PRNGKey(2), make_objective("mean"), 2)
     action, plan = jax.jit(lambda k, s, p: cem(k, score_fn, s, p))(KEY, state, cem.initial_plan(2))
     assert action.shape == (2,) and bool(jnp.all(jnp.abs(action) <= 1))
+
+
+def test_mppi_finds_the_optimum_of_a_smooth_reward():
+    mppi = MPPI(horizon=5, iterations=20, candidates=1000, temperature=0.1, noise_std=0.3)
+    action, plan = jax.jit(functools.partial(mppi, score_fn=quadratic_score))(
+        KEY, state=None, previous_plan=mppi.initial_plan(2))
+    assert plan.shape == (5, 2) and action.shape == (2,)
+    np.testing.assert_allclose(plan, TARGET, atol=0.1)
+    np.testing.assert_array_equal(action, plan[0])
+
+
+def test_mppi_improves_its_world_models_score_over_the_initial_plan():
+    """A third kind of planner through the same seam: MPPI on a real (randomly initialized) world model
+    raises the expected imagined return of its plan (the mean over 256 latent-noise draws) above that of
+    the plan it started from."""
+    model = WorldModel(tiny_config(observation="state", transition="reparameterization"), 2, (5,))
+    batch = {"observation": np.zeros((1, 2, 5), np.float32), "action": np.zeros((1, 2, 2), np.float32),
+             "reward": np.zeros((1, 2), np.float32)}
+    params = model.init(KEY, batch)
+    state = model.initial_state(1)
+    score_fn = world_model_scorer(model, params, jax.random.PRNGKey(2), make_objective("mean"), 2)
+    expected_return = jax.jit(lambda plan: score_fn(KEY, state, jnp.repeat(plan[None], 256, axis=0)).mean())
+    mppi = MPPI(horizon=6, iterations=8, candidates=256)
+    plan_fn = jax.jit(lambda k, s, p: mppi(k, score_fn, s, p))
+    for seed in range(3):
+        start = jax.random.uniform(jax.random.PRNGKey(seed), (6, 2), minval=-1, maxval=1)
+        _, plan = plan_fn(jax.random.PRNGKey(10 + seed), state, start)
+        shifted = jnp.concatenate([start[1:], jnp.zeros((1, 2))])  # MPPI's starting mean
+        assert float(expected_return(plan)) > float(expected_return(shifted)), seed

@@ -28,7 +28,13 @@ ScoreFn = Callable[[jax.Array, Any, jax.Array], jax.Array]
 
 
 class Planner(Protocol):
+    """What the agent needs of a planner: its `horizon` and the number of `candidates` it scores per call
+    (the rows of one `score_fn` call, which ``parallel.candidates`` splits over devices), a first plan, and
+    the call itself. Built-ins: `CEM`, `RandomShooting`, `MPPI`; a user's planner is named in the config by
+    its import path (``planner.name: mypkg.planners:MyPlanner``), with its own fields in ``planner.options``."""
+
     horizon: int
+    candidates: int
 
     def initial_plan(self, action_dim: int) -> jax.Array: ...
 
