@@ -122,13 +122,17 @@ def _resume_with(logdir: str, stored: Config, overrides: Sequence[str]) -> Confi
     return updated
 
 
-def prepare_run(logdir: str, config: Config | None, overrides: Sequence[str] = ()) -> Config:
-    """Create or reopen a run directory. A new run needs `config`. An existing one keeps its own: a different
+def prepare_run(logdir: str, config: Config | str | None, overrides: Sequence[str] = ()) -> Config:
+    """Create or reopen a run directory. A new run needs `config` (a `Config`, or a preset name or YAML path
+    that `overrides` then apply to). An existing one keeps its own: a different
     `config` is refused with the options that differ, while `overrides` (``section.key=value``) are applied
     to it when they change only what may change on resume (`config.CHANGEABLE_ON_RESUME`: extend a finished
     run with a larger ``train.env_steps``, change the evaluation cadence, exploration or planner). Every
     check runs before anything is written."""
     path = os.path.join(logdir, "config.yaml")
+    if isinstance(config, str):
+        config = config_lib.load_config(config, overrides)
+        overrides = ()
     if os.path.exists(path):
         stored = _read_stored_config(path)
         check_writable(logdir)
@@ -170,7 +174,7 @@ def episode_seed(config: Config, index: int) -> int:
 class Trainer:
     """Owns one run: env, model, optimizer, replay, agent; `run()` trains until ``train.env_steps``."""
 
-    def __init__(self, logdir: str, config: Config | None = None, progress: bool = True,
+    def __init__(self, logdir: str, config: Config | str | None = None, progress: bool = True,
                  overrides: Sequence[str] = ()):
         self.config = prepare_run(logdir, config, overrides)
         self.logdir, self.progress = logdir, progress
@@ -489,7 +493,7 @@ class Trainer:
                 "already_finished": float(already_finished)}
 
 
-def train(logdir: str, config: Config | None = None, progress: bool = True,
+def train(logdir: str, config: Config | str | None = None, progress: bool = True,
           overrides: Sequence[str] = ()) -> dict[str, float]:
     """Train (or resume) the run in `logdir`; see `Trainer` and `prepare_run` (what `overrides` may change on
     an existing run)."""

@@ -178,3 +178,11 @@ def test_a_users_planner_named_in_the_config_trains_is_recorded_and_evaluates(tm
     assert main(["train", "--logdir", str(tmp_path / "bad"), "--no-progress", "--set",
                  "planner.name=user_planner:ConstantActions", "--set", "planner.options.sprad=1"]) == 2
     assert "'planner.options.sprad' is not a field of planner" in capsys.readouterr().err
+
+
+def test_the_python_api_takes_a_preset_and_overrides(tmp_path):
+    logdir = str(tmp_path / "run")
+    trainer = Trainer(logdir, "default", progress=False, overrides=TINY_RUN)
+    assert trainer.config == load_config("default", TINY_RUN)
+    again = Trainer(logdir, "default", progress=False, overrides=TINY_RUN)  # the same call resumes the same run
+    assert again.config == trainer.config
