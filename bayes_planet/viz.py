@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
 
 from bayes_planet.files import atomic_write
@@ -45,7 +46,11 @@ def write_video(path: str, frames, fps: int = 30) -> None:
     if extension == ".gif":
         data = iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
     else:
-        data = iio.imwrite("<bytes>", frames, extension=extension, fps=fps, macro_block_size=1)
+        with warnings.catch_warnings():
+            # ffmpeg runs as a subprocess: fork followed at once by exec, which JAX's warning about forking a
+            # multithreaded process does not concern
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+            data = iio.imwrite("<bytes>", frames, extension=extension, fps=fps, macro_block_size=1)
     atomic_write(path, lambda handle: handle.write(data))
 
 

@@ -244,7 +244,11 @@ class WorldModel:
         key, K)` the N rows form K contiguous groups, group k using weight sample k for all H steps.
         """
         weights = Weights.mean() if weights is None else weights
-        n = actions.shape[0]
+        n, rows = actions.shape[0], jax.tree.leaves(state)[0].shape[0]
+        if rows not in (1, n):
+            raise ValueError(f"imagine: the state has {rows} rows and the actions {n}; give one state (broadcast "
+                             f"to every row of actions [N, H, A]) or N, e.g. jnp.repeat(state_leaf, {n} // {rows}, "
+                             "axis=0) with the actions in the same order")
         state = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])), state)
         return self._fns.apply[3](params, key, state, actions, weights)
 

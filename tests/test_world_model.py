@@ -252,3 +252,13 @@ def test_filtering_beats_open_loop_prediction_on_held_out_frames(trained_on_cart
     starts = range(0, observation.shape[1] - window, window)
     filtered, open_loop = np.mean([errors(observation[:, s:s + window], action[:, s:s + window]) for s in starts], 0)
     assert filtered < 0.85 * open_loop, (filtered, open_loop)
+
+
+def test_imagine_broadcasts_one_state_and_names_the_shapes_it_cannot_pair():
+    model = WorldModel(tiny_config(observation="state"), A, (5,))
+    params = model.init(KEY, _batch(pixels=False))
+    actions = jnp.zeros((16, 3, A))
+    rewards, _ = model.imagine(params, KEY, model.initial_state(1), actions)
+    assert rewards.shape == (16, 3)
+    with pytest.raises(ValueError, match="the state has 2 rows and the actions 16; give one state"):
+        model.imagine(params, KEY, model.initial_state(2), actions)
