@@ -198,7 +198,8 @@ def plot_reliability(tables: dict[str, dict], path: str) -> None:
     figure, axis = plt.subplots(figsize=(4, 4), dpi=100)
     axis.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="calibrated")
     for run, table in tables.items():
-        axis.plot(table["levels"], table["reliability"], "o-", label=f"{run} ({table['transition']})")
+        axis.plot(table["levels"], table["reliability"], "o-",
+                  label=f"{run} ({table['transition']}): 50% {table['verdict_50']}, 90% {table['verdict_90']}")
     axis.set_xlabel("nominal coverage of the central interval")
     axis.set_ylabel("observed coverage")
     axis.set_title("open-loop reward calibration")

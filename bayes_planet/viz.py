@@ -89,16 +89,87 @@ def open_loop_grid(images: dict, context: int):
     return bordered.transpose(2, 0, 3, 1, 4, 5).reshape(length, rows_ * height, batch * width, 3)
 
 
-def open_loop_strip(images: dict, context: int, sequence: int = 0, stride: int = 5):
-    """PNG-ready ``[rows * 66, n * 66, 3]``: one sequence's rows (as in `open_loop_grid`) every `stride`
-    steps, the context frames all shown."""
+ROW_LABELS = {"truth": "truth", "prediction": "prediction", "error": "|error|", "sample_mean": "sample mean",
+              "sample_std": "sample std"}
+LABEL_WIDTH, HEADER_HEIGHT = 84, 16
+
+
+def text_image(text: str, height: int, width: int, color=(0, 0, 0)):
+    """uint8 ``[height, width, 3]``: `text` centred in `color` on white (matplotlib's renderer)."""
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width / 100, height / 100), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    figure.text(0.5, 0.5, text, ha="center", va="center", fontsize=7, color=np.asarray(color) / 255)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:height, :width, :3].copy()
+
+
+def label_open_loop_frames(grid, rows: Sequence[str], context: int):
+    """`open_loop_grid`'s frames with a column naming each row on the left and, on top, the step and
+    whether the model is filtering (context, green) or imagining (red): ``[T, 16 + H, 84 + W, 3]``."""
+    import numpy as np
+
+    length, height, width, _ = grid.shape
+    tile = height // len(rows)
+    column = np.concatenate([text_image(ROW_LABELS[name], tile, LABEL_WIDTH) for name in rows], axis=0)
+    frames = np.full((length, HEADER_HEIGHT + height, LABEL_WIDTH + width, 3), 255, np.uint8)
+    frames[:, HEADER_HEIGHT:, :LABEL_WIDTH] = column
+    frames[:, HEADER_HEIGHT:, LABEL_WIDTH:] = grid
+    for step in range(length):
+        imagined = step >= context
+        text = f"step {step + 1}: " + (f"imagined ({step + 1 - context} ahead)" if imagined else "context (filtered)")
+        frames[step, :HEADER_HEIGHT] = text_image(text, HEADER_HEIGHT, LABEL_WIDTH + width,
+                                                  IMAGINED_COLOR if imagined else CONTEXT_COLOR)
+    return frames
+
+
+def plot_open_loop_strip(images: dict, context: int, path: str, sequence: int = 0, stride: int = 5,
+                         title: str = "") -> None:
+    """PNG of one sequence: a row per kind (truth, prediction, |error|, and with weight samples their mean
+    and per-pixel std), every context frame and every `stride`-th imagined one, step numbers on top, frame
+    borders green (context) or red (imagined) with a legend, and a colour bar for the std map."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     length = images["truth"].shape[1]
     steps = sorted(set(range(context)) | set(range(context, length, stride)))
-    one = {name: value[sequence:sequence + 1, steps] for name, value in images.items()}
-    grid = open_loop_grid(one, context=sum(s < context for s in steps))  # [n, R*66, 66, 3]
-    return np.concatenate(list(grid), axis=1)
+    rows = [name for name in OPEN_LOOP_ROWS if name in images]
+    figure, axes = plt.subplots(len(rows), len(steps), figsize=(0.75 * len(steps) + 1.6, 0.8 * len(rows) + 0.7),
+                                dpi=100, squeeze=False)
+    std_scale = float(np.max(images["sample_std"][sequence])) if "sample_std" in images else None
+    for row, name in enumerate(rows):
+        for column, step in enumerate(steps):
+            axis = axes[row][column]
+            frame = images[name][sequence, step]
+            if name == "sample_std":
+                shown = axis.imshow(frame, cmap="viridis", vmin=0.0, vmax=max(std_scale, 1e-8))
+            else:
+                axis.imshow(frame)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_color(np.asarray(CONTEXT_COLOR if step < context else IMAGINED_COLOR) / 255)
+                spine.set_linewidth(2)
+            if row == 0:
+                axis.set_title(f"t={step + 1}", fontsize=7)
+            if column == 0:
+                axis.set_ylabel(ROW_LABELS[name], fontsize=7)
+    if std_scale is not None:
+        bar = figure.colorbar(shown, ax=axes[-1].tolist(), fraction=0.02, pad=0.01)
+        bar.set_label("std over\nweight samples", fontsize=6)
+        bar.ax.tick_params(labelsize=6)
+    borders = [Patch(edgecolor=np.asarray(color) / 255, facecolor="none", label=label)
+               for color, label in ((CONTEXT_COLOR, "context: filtered"), (IMAGINED_COLOR, "imagined"))]
+    figure.legend(handles=borders, loc="upper right", fontsize=7, ncol=2, frameon=False)
+    figure.suptitle(title or "open-loop prediction", fontsize=8, x=0.02, ha="left")
+    save_figure(figure, path, tight=False)  # tight_layout cannot place a colour bar shared by a row
 
 
 def plot_reward_predictions(result, path: str, title: str = "") -> None:
@@ -129,23 +200,16 @@ def plot_reward_predictions(result, path: str, title: str = "") -> None:
     save_figure(figure, path)
 
 
-def save_figure(figure, path: str) -> None:
+def save_figure(figure, path: str, tight: bool = True) -> None:
     """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    figure.tight_layout()
+    if tight:
+        figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
-def write_png(path: str, image) -> None:
-    """Write a uint8 image ``[H, W, 3]`` as PNG, atomically."""
-    import imageio.v3 as iio
-
-    data = iio.imwrite("<bytes>", image, extension=".png")
-    atomic_write(path, lambda handle: handle.write(data))
 
 
 def write_open_loop_report(result, directory: str, name: str, fps: int = 10) -> dict[str, str]:
@@ -155,11 +219,12 @@ def write_open_loop_report(result, directory: str, name: str, fps: int = 10) -> 
 
     os.makedirs(directory, exist_ok=True)
     images = as_uint8(result)
-    frames = open_loop_grid(images, result.context)
+    rows = [row for row in OPEN_LOOP_ROWS if row in images]
+    frames = label_open_loop_frames(open_loop_grid(images, result.context), rows, result.context)
     paths = {kind: os.path.join(directory, f"{name}.{kind}") for kind in ("gif", "mp4", "png")}
     paths["reward"] = os.path.join(directory, f"{name}-reward.png")
     write_video(paths["gif"], frames, fps)
     write_video(paths["mp4"], frames, fps)
-    write_png(paths["png"], open_loop_strip(images, result.context))
+    plot_open_loop_strip(images, result.context, paths["png"], title=name)
     plot_reward_predictions(result, paths["reward"], name)
     return paths

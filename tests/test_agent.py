@@ -16,6 +16,7 @@ from agents.cli import main
 from agents.train import Trainer
 from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.config import load_config
+from bayes_planet.viz import HEADER_HEIGHT, LABEL_WIDTH
 
 
 def _records(logdir, kind):
@@ -96,8 +97,8 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     common = ["--logdir", logdir, "--no-progress"]
     assert main(["openloop", *common, "--episodes", "1", "--sequences", "2", "--horizon", "20"]) == 0
     frames = iio.imread(os.path.join(logdir, "openloop", "openloop.gif"))
-    assert frames.shape[0] == 25 and frames.shape[2] == 2 * 66  # 5 context + 20 imagined; 2 sequences
-    assert frames.shape[1] == 5 * 66  # truth, prediction, error, mean and std over 2 weight samples
+    assert frames.shape[0] == 25 and frames.shape[2] == LABEL_WIDTH + 2 * 66  # 5 context + 20 imagined; 2 sequences
+    assert frames.shape[1] == HEADER_HEIGHT + 5 * 66  # truth, prediction, error, mean and std over 2 weight samples
 
     assert main(["probe", *common, "--episodes", "3", "--test-episodes", "1", "--horizon", "20"]) == 0
     assert len(os.listdir(os.path.join(logdir, "held_out"))) == 1  # topped up in memory, the run left as it was

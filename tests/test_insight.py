@@ -7,7 +7,7 @@ import pytest
 
 from bayes_planet import calibration, probes
 from bayes_planet.openloop import as_uint8, open_loop, squared_error_by_step
-from bayes_planet.viz import open_loop_grid, write_open_loop_report
+from bayes_planet.viz import HEADER_HEIGHT, LABEL_WIDTH, open_loop_grid, write_open_loop_report
 
 RNG = np.random.default_rng(0)
 
@@ -126,10 +126,15 @@ def test_open_loop_video_and_strip_have_the_right_frames_and_size(open_loop_resu
     assert grid.shape == (CONTEXT + HORIZON, 5 * 66, SEQUENCES * 66, 3) and grid.dtype == np.uint8
     assert tuple(grid[0, 0, 0]) == (40, 200, 80) and tuple(grid[-1, 0, 0]) == (220, 50, 50)  # context / imagined
     paths = write_open_loop_report(result, str(tmp_path), "openloop")
+    labelled = (grid.shape[1] + HEADER_HEIGHT, grid.shape[2] + LABEL_WIDTH)  # row names left, step on top
     gif = iio.imread(paths["gif"])
-    assert gif.shape[0] == CONTEXT + HORIZON and gif.shape[1:3] == grid.shape[1:3]
+    assert gif.shape[0] == CONTEXT + HORIZON and gif.shape[1:3] == labelled
+    tiles = gif[:, HEADER_HEIGHT:, LABEL_WIDTH:].astype(np.float32)  # the tiles themselves, up to GIF's palette
+    assert np.abs(tiles - grid).mean() < 3, np.abs(tiles - grid).mean()
+    assert not np.array_equal(gif[0, :HEADER_HEIGHT], gif[-1, :HEADER_HEIGHT]), "each frame names its step"
+    assert np.any(gif[0, HEADER_HEIGHT:, :LABEL_WIDTH] < 128), "row names are drawn"
     mp4 = iio.imread(paths["mp4"])
-    assert mp4.shape[0] == CONTEXT + HORIZON and mp4.shape[1:3] == grid.shape[1:3]
+    assert mp4.shape[0] == CONTEXT + HORIZON and mp4.shape[1:3] == labelled
     strip = iio.imread(paths["png"])
-    assert strip.shape[0] == 5 * 66 and strip.shape[1] == (CONTEXT + len(range(CONTEXT, CONTEXT + HORIZON, 5))) * 66
+    assert strip.ndim == 3 and strip.shape[1] > strip.shape[0]  # one sequence, steps along the width
     assert iio.imread(paths["reward"]).ndim == 3
