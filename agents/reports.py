@@ -73,7 +73,11 @@ def probe_report(run, episodes: list[dict], test_episodes: int = 2, context: int
     length = min(len(e["action"]) for e in episodes)
     stack = lambda name: np.stack([e[name][:length] for e in episodes])
     observation, action = stack("observation"), stack("action")
-    targets, names = zip(*(probes.probe_targets({k: v[:length] for k, v in e.items()}) for e in episodes), strict=True)
+    env = run.make_env()
+    velocity_names = getattr(env.unwrapped, "velocity_names", None)
+    env.close()
+    targets, names = zip(*(probes.probe_targets({k: v[:length] for k, v in e.items()}, velocity_names)
+                           for e in episodes), strict=True)
     targets, names = np.stack(targets), names[0]  # [E, T, D]
     key = jax.random.PRNGKey(run.config.seed)
     untrained = run.model.init(jax.random.PRNGKey(run.config.seed + 1),
@@ -97,7 +101,7 @@ def probe_report(run, episodes: list[dict], test_episodes: int = 2, context: int
                              "strength": fitted["strength"]})
             if model_name == "trained" and feature_name == "posterior":
                 scatter = {"names": list(names), "true": y[split:].reshape(-1, y.shape[-1]),
-                           "predicted": fitted["prediction"]}
+                           "predicted": fitted["prediction"], "r2": [float(r2) for r2 in fitted["r2"]]}
     return rows, scatter
 
 
@@ -140,9 +144,10 @@ def write_probe_report(rows: list[dict], scatter: dict, directory: str) -> dict[
         axis.plot(true, predicted, ".", markersize=2, alpha=0.4)
         low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
         axis.plot([low, high], [low, high], "k--", linewidth=0.8)
-        axis.set_title(scatter["names"][index], fontsize=9)
+        axis.set_title(f"{scatter['names'][index]}\nheld-out R² {scatter['r2'][index]:.2f}", fontsize=8)
         axis.set_xlabel("true", fontsize=8)
         axis.set_ylabel("predicted", fontsize=8)
+    figure.suptitle("velocity probes: trained model, posterior features, held-out episodes", fontsize=9)
     save_figure(figure, paths["scatter"])
     return paths
 

@@ -88,14 +88,18 @@ def probe_r2(train_features, train_targets, train_groups, test_features, test_ta
 
 
 # ------------------------------------------------------------------------------------- features of a model
-def probe_targets(episode: dict) -> tuple[np.ndarray, list[str]]:
+def probe_targets(episode: dict, velocity_names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """True physical targets of an episode ``[T+1, D]``: every velocity dimension, and the forward speed when
-    the env reports it (cheetah); with their names."""
+    the env reports it (cheetah); with their names (`velocity_names`, e.g. from ``DMCEnv.velocity_names``, or
+    ``velocity[i]``)."""
     columns, names = [], []
     if "velocity" in episode:
         velocity = np.asarray(episode["velocity"], np.float32).reshape(len(episode["velocity"]), -1)
         columns.append(velocity)
-        names += [f"velocity[{i}]" for i in range(velocity.shape[1])]
+        if velocity_names is not None and len(velocity_names) == velocity.shape[1]:
+            names += list(velocity_names)
+        else:
+            names += [f"velocity[{i}]" for i in range(velocity.shape[1])]
     if "speed" in episode:
         columns.append(np.asarray(episode["speed"], np.float32).reshape(-1, 1))
         names.append("speed")

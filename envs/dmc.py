@@ -112,6 +112,23 @@ class DMCEnv(gym.Env):
         return self._env.physics
 
     @property
+    def velocity_names(self) -> list[str]:
+        """A name for each entry of ``info["velocity"]`` (qvel), from the joint it belongs to, with units,
+        e.g. ``["slider velocity (m/s)", "hinge_1 angular velocity (rad/s)"]`` for cartpole."""
+        model = self._env.physics.model
+        names = []
+        for dof in range(model.nv):
+            joint = int(model.dof_jntid[dof])
+            name, kind = model.id2name(joint, "joint") or f"joint {joint}", int(model.jnt_type[joint])
+            if kind == 2:  # slide
+                names.append(f"{name} velocity (m/s)")
+            elif kind == 3:  # hinge
+                names.append(f"{name} angular velocity (rad/s)")
+            else:  # free or ball joints: several entries per joint
+                names.append(f"{name}[{dof - int(model.jnt_dofadr[joint])}] velocity")
+        return names
+
+    @property
     def max_episode_steps(self) -> int:
         """Agent steps per episode: 1000 env steps divided by the action repeat (rounded up)."""
         return -(-EPISODE_ENV_STEPS // self.action_repeat)

@@ -106,7 +106,8 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
         rows = json.load(handle)
     assert {(r["model"], r["features"]) for r in rows} == {
         (m, f) for m in ("trained", "random init") for f in ("posterior", "open loop")}
-    assert {r["target"] for r in rows} == {"velocity[0]", "velocity[1]", "overall (mean)"}  # cart and pole
+    assert {r["target"] for r in rows} == {"slider velocity (m/s)", "hinge_1 angular velocity (rad/s)",
+                                           "overall (mean)"}  # cart and pole, named from the physics
     assert all(np.isfinite(r["r2"]) and r["r2"] <= 1 for r in rows)
     assert "held-out R²" in capsys.readouterr().out
     assert os.path.exists(os.path.join(logdir, "probes", "probes_scatter.png"))

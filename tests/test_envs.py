@@ -58,6 +58,8 @@ def test_info_velocity_matches_physics(cheetah):
     np.testing.assert_allclose(info["position"], cheetah.physics.data.qpos)
     assert info["speed"] == pytest.approx(cheetah.physics.speed())
     assert info["velocity"].shape == (9,)
+    names = cheetah.velocity_names  # one per qvel entry, from the joints, with units
+    assert len(names) == 9 and names[0] == "rootx velocity (m/s)" and names[2] == "rooty angular velocity (rad/s)"
 
 
 def test_same_seed_same_first_observations():
