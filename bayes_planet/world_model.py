@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import haiku as hk
 import jax
@@ -121,6 +122,17 @@ def pixels_to_uint8(image: jax.Array) -> jax.Array:
     return jnp.clip(jnp.round((image + 0.5) * 255.0), 0, 255).astype(jnp.uint8)
 
 
+class ModelFunctions(NamedTuple):
+    """The world model's functions, transformed together so that they share parameters."""
+
+    loss: Callable
+    observe_step: Callable
+    observe_sequence: Callable
+    imagine: Callable
+    decode: Callable
+    predict_reward: Callable
+
+
 class WorldModel:
     """PlaNet's RSSM world model learned from pixels (or states), with variational transition layers.
 
@@ -139,7 +151,7 @@ class WorldModel:
             raise ValueError(f"model.train_weights must be one of {TRAIN_WEIGHTS}, got {config.train_weights!r}")
         self.config, self.action_dim, self.obs_shape = config, action_dim, tuple(obs_shape)
         self._obs_ndim = len(self.obs_shape)
-        self._fns = hk.multi_transform(self._build)
+        self._fns = hk.multi_transform(self._build)  # ._fns.apply is a ModelFunctions of apply functions
 
     # ----------------------------------------------------------------------------------------- build
     def _build(self):
@@ -191,7 +203,7 @@ class WorldModel:
         def decode(features):
             return decoder(features)
 
-        return init, (loss, observe_step, observe_sequence, imagine, decode, predict_reward)
+        return init, ModelFunctions(loss, observe_step, observe_sequence, imagine, decode, predict_reward)
 
     def _preprocess(self, observation, key):
         if self.config.observation == "pixels":
@@ -213,7 +225,7 @@ class WorldModel:
         observation = self._preprocess(batch["observation"], key_noise)
         batch_size = batch["action"].shape[0]
         weights = bayes.sample_weights(key_weights, batch_size) if c.train_weights == "per_sequence" else None
-        model_loss, metrics = self._fns.apply[0](params, key_apply, observation, batch["action"],
+        model_loss, metrics = self._fns.apply.loss(params, key_apply, observation, batch["action"],
                                                  batch["reward"].astype(jnp.float32), weights)
         weight_kl = bayes.weight_kl(params, c.prior_std)
         total = model_loss + c.weight_kl_scale * weight_kl
@@ -233,7 +245,7 @@ class WorldModel:
         key_noise, key_apply = jax.random.split(key)
         obs = self._preprocess(observation, key_noise)
         sequence = observation.ndim == self._obs_ndim + 2
-        fn = self._fns.apply[2] if sequence else self._fns.apply[1]
+        fn = self._fns.apply.observe_sequence if sequence else self._fns.apply.observe_step
         return fn(params, key_apply, state, obs, action, weights)
 
     def imagine(self, params: hk.Params, key: jax.Array, state: RSSMState, actions: jax.Array,
@@ -250,7 +262,7 @@ class WorldModel:
                              f"to every row of actions [N, H, A]) or N, e.g. jnp.repeat(state_leaf, {n} // {rows}, "
                              "axis=0) with the actions in the same order")
         state = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape[1:])), state)
-        return self._fns.apply[3](params, key, state, actions, weights)
+        return self._fns.apply.imagine(params, key, state, actions, weights)
 
     def sample_weights(self, params: hk.Params, key: jax.Array, n: int) -> Weights:
         """`n` weight samples of the transition, each to be held fixed along a whole trajectory."""
@@ -270,11 +282,11 @@ class WorldModel:
     def decode(self, params: hk.Params, latents: RSSMState) -> jax.Array:
         """Mean predicted observation of latent states ``[...]``: model-space pixels ``[..., 64, 64, 3]`` in
         about [-0.5, 0.5] (see `pixels_to_uint8`), or state vectors."""
-        return self._fns.apply[4](params, None, latents.features)
+        return self._fns.apply.decode(params, None, latents.features)
 
     def reward(self, params: hk.Params, latents: RSSMState) -> jax.Array:
         """Mean predicted reward ``[...]`` of latent states."""
-        return self._fns.apply[5](params, None, latents.features)
+        return self._fns.apply.predict_reward(params, None, latents.features)
 
 
 @functools.partial(jax.jit, static_argnums=0)
