@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import Sequence
 
+import gymnasium as gym
 import jax
 import numpy as np
 from tqdm import tqdm
@@ -147,8 +148,11 @@ def prepare_run(logdir: str, config: Config | str | None, overrides: Sequence[st
         config = config_lib.apply_overrides(config, overrides)
     check_planner(config)
     try:
-        env = make_env(config)  # an unknown task fails here, before the run directory is written
+        env = make_env(config)  # an unknown task, or one that cannot render, fails here before anything is written
+        env.reset(seed=0)
     except ValueError as error:
+        raise UsageError(f"config key 'env.task': {error}") from None
+    except gym.error.DependencyNotInstalled as error:
         raise UsageError(f"config key 'env.task': {error}") from None
     try:
         check_feasible(config, env, logdir)

@@ -49,7 +49,13 @@ class PlanetInterface(gym.Wrapper):
 
     def _observe(self, observation) -> np.ndarray:
         if self.observation_kind == "pixels":
-            return resize_area(np.asarray(self.env.render()), self.image_size)
+            try:
+                frame = self.env.render()
+            except gym.error.DependencyNotInstalled as error:
+                raise gym.error.DependencyNotInstalled(
+                    f"{error} For gymnasium's classic-control tasks (Pendulum, MountainCarContinuous): "
+                    "pip install 'bayes-planet[classic-control]'") from None
+            return resize_area(np.asarray(frame), self.image_size)
         return np.asarray(observation, dtype=np.float32).ravel()
 
     def reset(self, *, seed=None, options=None):
