@@ -45,8 +45,9 @@ def one_way_episodes(count: int, seed: int, low: float, high: float) -> list[dic
     return out
 
 
-def train(episodes, scale: float, updates: int, seed: int):
-    model = WorldModel(ModelConfig(**SIZES, weight_kl_scale=scale), 1, episodes[0]["observation"].shape[1:])
+def train(episodes, scale: float, updates: int, seed: int, std_init: float = 1e-2):
+    config = ModelConfig(**SIZES, weight_kl_scale=scale, posterior_std_init=std_init)
+    model = WorldModel(config, 1, episodes[0]["observation"].shape[1:])
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), sample_batch(episodes, 6, 16, rng))
     optimizer = make_optimizer(3e-3)
@@ -78,19 +79,22 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=16, help="weight samples K")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--std-inits", type=float, nargs="+", default=[1e-2],
+                        help="model.posterior_std_init values (the posterior std the weights start from)")
     args = parser.parse_args()
     train_episodes = one_way_episodes(args.episodes, 0, -1.0, 0.0)
     seen = sample_batch(one_way_episodes(2, 500, -1.0, 0.0), 64, CONTEXT + HORIZON, np.random.default_rng(1))
     unseen = sample_batch(one_way_episodes(2, 600, 0.0, 1.0), 64, CONTEXT + HORIZON, np.random.default_rng(2))
-    print(f"{'weight_kl_scale':>15} {'seed':>4} {'std in/hid/out':>22} {'weight KL':>10} "
+    print(f"{'weight_kl_scale':>15} {'std init':>8} {'seed':>4} {'std in/hid/out':>22} {'weight KL':>10} "
           f"{'spread seen':>11} {'unseen':>7} {'seen, 1 episode':>15}")
-    for scale in args.scales:
+    for scale, std_init in ((scale, std_init) for scale in args.scales for std_init in args.std_inits):
         for seed in range(args.seeds):
-            model, params, weight_kl = train(train_episodes, scale, args.updates, seed)
+            model, params, weight_kl = train(train_episodes, scale, args.updates, seed, std_init)
             stds = [float(jnp.median(jax.nn.softplus(params[f"rssm/~/{layer}"][bayes.VARIATIONAL_RHO])))
                     for layer in ("transition_in", "prior_hidden", "prior_out")]
-            few_model, few_params, _ = train(train_episodes[:1], scale, args.updates, seed)
-            print(f"{scale:>15.1e} {seed:>4} {'/'.join(f'{s:.3f}' for s in stds):>22} {weight_kl:>10.0f} "
+            few_model, few_params, _ = train(train_episodes[:1], scale, args.updates, seed, std_init)
+            std_text = "/".join(f"{s:.3f}" for s in stds)
+            print(f"{scale:>15.1e} {std_init:>8.3f} {seed:>4} {std_text:>22} {weight_kl:>10.0f} "
                   f"{return_spread(model, params, seen, args.samples):>11.3f} "
                   f"{return_spread(model, params, unseen, args.samples):>7.3f} "
                   f"{return_spread(few_model, few_params, seen, args.samples):>15.3f}", flush=True)
