@@ -13,10 +13,10 @@ from bayes_planet.errors import UsageError
 
 
 def _random(args: argparse.Namespace) -> int:
+    from bayes_planet.agents.rollout import random_policy, run_episode
     from tqdm import tqdm
 
-    import envs
-    from agents.rollout import random_policy, run_episode
+    from bayes_planet import envs
     from bayes_planet.viz import write_video
 
     _positive(args, "episodes")
@@ -45,7 +45,8 @@ def _random(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from agents.train import Diverged, Interrupted, train
+    from bayes_planet.agents.train import Diverged, Interrupted, train
+
     from bayes_planet.config import load_config
     from bayes_planet.files import DiskFull
 
@@ -82,10 +83,10 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from bayes_planet.agents.run import load_run
+    from bayes_planet.agents.train import episode_return
     from tqdm import tqdm
 
-    from agents.run import load_run
-    from agents.train import episode_return
     from bayes_planet.viz import write_video
 
     _positive(args, "episodes")
@@ -105,8 +106,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _openloop(args: argparse.Namespace) -> int:
-    from agents.reports import write_open_loop
-    from agents.run import load_run
+    from bayes_planet.agents.reports import write_open_loop
+    from bayes_planet.agents.run import load_run
 
     _positive(args, "episodes", "sequences", "context", "horizon")
     run = load_run(args.logdir)
@@ -120,8 +121,8 @@ def _openloop(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from agents.reports import format_probe_table, probe_report, write_probe_report
-    from agents.run import load_run
+    from bayes_planet.agents.reports import format_probe_table, probe_report, write_probe_report
+    from bayes_planet.agents.run import load_run
 
     _positive(args, "episodes", "test_episodes", "context", "horizon")
     run = load_run(args.logdir)
@@ -133,8 +134,8 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from agents.reports import calibration_report, format_calibration_table, write_calibration
-    from agents.run import load_run
+    from bayes_planet.agents.reports import calibration_report, format_calibration_table, write_calibration
+    from bayes_planet.agents.run import load_run
 
     _positive(args, "episodes", "horizon", "latent_samples")
     tables = {}

@@ -16,11 +16,11 @@ from typing import Any
 
 import jax
 import numpy as np
+from bayes_planet.agents.agent import PlanetAgent
+from bayes_planet.agents.rollout import run_episode
 
-import envs
-from agents.agent import PlanetAgent
-from agents.rollout import run_episode
 from bayes_planet import config as config_lib
+from bayes_planet import envs
 from bayes_planet.checkpoint import load_checkpoint, previous_path
 from bayes_planet.config import Config
 from bayes_planet.errors import UsageError

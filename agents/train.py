@@ -29,11 +29,19 @@ from collections.abc import Sequence
 import gymnasium as gym
 import jax
 import numpy as np
+from bayes_planet.agents.agent import PlanetAgent
+from bayes_planet.agents.rollout import random_policy, run_episode
+from bayes_planet.agents.run import (
+    CHECKPOINT_NAME,
+    HELD_OUT,
+    Run,
+    example_batch,
+    make_env,
+    make_model,
+    refuse_pickled_checkpoint,
+)
 from tqdm import tqdm
 
-from agents.agent import PlanetAgent
-from agents.rollout import random_policy, run_episode
-from agents.run import CHECKPOINT_NAME, HELD_OUT, Run, example_batch, make_env, make_model, refuse_pickled_checkpoint
 from bayes_planet import config as config_lib
 from bayes_planet import memory, parallel
 from bayes_planet.checkpoint import is_finite, load_checkpoint, save_checkpoint
@@ -99,7 +107,7 @@ def check_feasible(config: Config, env, logdir: str) -> None:
 def check_planner(config: Config) -> None:
     """Build the configured planner once, so that what only it checks (``top_k <= candidates``, ...) fails
     as bad input before a run directory is written."""
-    from agents.agent import make_planner
+    from bayes_planet.agents.agent import make_planner
 
     try:
         make_planner(config)
@@ -366,7 +374,7 @@ class Trainer:
         episodes = self.evaluate(self.config.train.eval_episodes, video)
         returns = [episode_return(e) for e in episodes]
         if self.config.model.observation == "pixels":
-            from agents.reports import write_open_loop
+            from bayes_planet.agents.reports import write_open_loop
             write_open_loop(self.as_run(), episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
         self.logger.write("eval", self.env_steps, {"return": np.mean(returns), "return_std": np.std(returns),
                                                     "return_min": np.min(returns), "return_max": np.max(returns)})
@@ -376,7 +384,7 @@ class Trainer:
     def write_final_reports(self, max_episodes: int = 6) -> None:
         """Reward calibration of the final model on the latest held-out episodes (``calibration/``) and, with
         at least 3 of them, latent velocity probes (``probes/``); summaries go to metrics.jsonl."""
-        from agents.reports import calibration_report, probe_report, write_calibration, write_probe_report
+        from bayes_planet.agents.reports import calibration_report, probe_report, write_calibration, write_probe_report
 
         episodes = self.held_out.latest(max_episodes)
         count = len(episodes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import os
 import typing
@@ -24,7 +25,7 @@ from bayes_planet.objectives import OBJECTIVES
 from bayes_planet.precision import MATMUL_DTYPES
 from bayes_planet.world_model import FREE_NATS_SIDES, TRAIN_WEIGHTS, ModelConfig
 
-PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+PRESET_DIR = str(importlib.resources.files("bayes_planet.configs"))  # the repository's configs/, installed there
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,11 +23,13 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bayes_planet.agents.rollout import run_episode  # noqa: E402
 from imagination import sample_batch  # noqa: E402  (bench/ is on the path when run as a script)
 
-import envs  # noqa: E402
-from agents.rollout import run_episode  # noqa: E402
-from bayes_planet import bayes  # noqa: E402
+from bayes_planet import (
+    bayes,  # noqa: E402
+    envs,  # noqa: E402
+)
 from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step  # noqa: E402
 
 SIZES = dict(observation="state", deter_size=32, stoch_size=8, hidden_size=32, state_embed_size=32,

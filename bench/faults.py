@@ -32,7 +32,7 @@ from bayes_planet.replay import Replay  # noqa: E402
 
 def command(logdir: str) -> list[str]:
     overrides = TINY_RUN + [f"train.env_steps={6 * EPISODE_ENV_STEPS}"]
-    return [sys.executable, "-m", "agents.cli", "train", "--logdir", logdir, "--no-progress",
+    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress",
             *[arg for item in overrides for arg in ("--set", item)]]
 
 

@@ -26,10 +26,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bayes_planet.agents.rollout import random_policy, run_episode  # noqa: E402
 
-import envs  # noqa: E402
-from agents.rollout import random_policy, run_episode  # noqa: E402
-from bayes_planet import bayes  # noqa: E402
+from bayes_planet import (
+    bayes,  # noqa: E402
+    envs,  # noqa: E402
+)
 from bayes_planet.config import load_config  # noqa: E402
 from bayes_planet.openloop import open_loop  # noqa: E402
 from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step  # noqa: E402

@@ -32,11 +32,11 @@ if __name__ == "__main__":  # before JAX loads; the peer, the RSS child and `bay
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bayes_planet.agents.agent import make_planner  # noqa: E402
 from timing import alternating_medians, median_seconds  # noqa: E402
 from train_step import PRESETS, matmul_gflops  # noqa: E402
 from train_step import bench as bench_train_step  # noqa: E402
 
-from agents.agent import make_planner  # noqa: E402
 from bayes_planet.config import load_config  # noqa: E402
 from bayes_planet.objectives import make_objective  # noqa: E402
 from bayes_planet.planners import world_model_scorer  # noqa: E402
@@ -127,7 +127,7 @@ def env_rows(repeats: int) -> list[tuple[str, str]]:
     """Our env step (action repeat 4, one render) against the bare dm_control calls it makes, taking turns."""
     from dm_control import suite
 
-    import envs
+    from bayes_planet import envs
 
     steps = max(50, 20 * repeats)
     env = envs.make("dmc:cheetah-run", seed=0)

@@ -11,9 +11,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")  # before dm_control is imported anywhere below
 
 import gymnasium as gym  # noqa: E402
-from dm_control import suite  # noqa: E402
-
-from envs.dmc import (  # noqa: E402
+from bayes_planet.envs.dmc import (  # noqa: E402
     DEFAULT_ACTION_REPEAT,
     DOMAIN_ALIASES,
     EPISODE_ENV_STEPS,
@@ -22,7 +20,8 @@ from envs.dmc import (  # noqa: E402
     default_action_repeat,
     resolve_task,
 )
-from envs.gym_pixels import PlanetInterface, resize_area  # noqa: E402
+from bayes_planet.envs.gym_pixels import PlanetInterface, resize_area  # noqa: E402
+from dm_control import suite  # noqa: E402
 
 DMC_PREFIX = "dmc:"
 
@@ -31,7 +30,7 @@ def _register_suite() -> None:
     for domain, task in suite.ALL_TASKS:
         env_id = f"dmc/{domain}-{task}-v0"
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point="envs.dmc:DMCEnv", kwargs={"domain": domain, "task": task})
+            gym.register(env_id, entry_point="bayes_planet.envs.dmc:DMCEnv", kwargs={"domain": domain, "task": task})
 
 
 def parse_dmc_name(name: str) -> tuple[str, str]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-
-from envs.dmc import OBSERVATION_KINDS, check_action
+from bayes_planet.envs.dmc import OBSERVATION_KINDS, check_action
 
 
 def resize_area(frame: np.ndarray, size: int) -> np.ndarray:

@@ -12,9 +12,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from bayes_planet.agents.rollout import random_policy, run_episode
 
-import envs  # noqa: E402
-from agents.rollout import random_policy, run_episode
+from bayes_planet import envs  # noqa: E402
 from bayes_planet.replay import Replay
 from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
 

@@ -10,10 +10,10 @@ import time
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from bayes_planet.agents.cli import main
+from bayes_planet.agents.train import Trainer
 from conftest import EPISODE_ENV_STEPS, TINY_RUN
 
-from agents.cli import main
-from agents.train import Trainer
 from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.config import load_config
 from bayes_planet.viz import HEADER_HEIGHT, LABEL_WIDTH
@@ -62,7 +62,7 @@ def test_training_run_writes_its_run_directory(tiny_run):
 
 
 def _cli(logdir, *extra):
-    return [sys.executable, "-m", "agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
+    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
 
 
 @pytest.mark.slow
@@ -131,8 +131,8 @@ def _tree(folder):
 
 
 def test_load_run_acts_in_a_real_env_and_writes_nothing(tiny_run, capsys):
-    from agents.rollout import run_episode
-    from agents.run import load_run
+    from bayes_planet.agents.rollout import run_episode
+    from bayes_planet.agents.run import load_run
 
     logdir, _ = tiny_run
     before = _tree(logdir)
@@ -162,9 +162,8 @@ def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run,
 
 
 def test_a_users_planner_named_in_the_config_trains_is_recorded_and_evaluates(tmp_path, capsys):
+    from bayes_planet.agents.run import load_run
     from user_planner import ConstantActions
-
-    from agents.run import load_run
 
     logdir = str(tmp_path / "run")
     overrides = TINY_RUN + [f"train.env_steps={3 * EPISODE_ENV_STEPS}", "planner.name=user_planner:ConstantActions",

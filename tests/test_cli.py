@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from agents.cli import main
+from bayes_planet.agents.cli import main
 
 
 def test_random_command_writes_a_video_and_prints_the_return(tmp_path, capsys):
@@ -13,7 +13,18 @@ def test_random_command_writes_a_video_and_prints_the_return(tmp_path, capsys):
 
 
 def test_bad_task_is_one_line_and_exit_code_2():
-    result = subprocess.run([sys.executable, "-m", "agents.cli", "random", "--task", "dmc:foo-bar"],
+    result = subprocess.run([sys.executable, "-m", "bayes_planet.agents.cli", "random", "--task", "dmc:foo-bar"],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("bayes-planet: error: --task: unknown DeepMind Control")
+
+
+def test_the_install_puts_nothing_generic_at_the_top_level(tmp_path):
+    """agents/, envs/ and configs/ install under the package's namespace; run from a folder other than the
+    repository's, so that only the installed package is found."""
+    probe = ("import importlib.util as u; "
+             "print([n for n in ('agents', 'envs', 'configs') if u.find_spec(n)]); "
+             "import bayes_planet.agents.cli, bayes_planet.envs, bayes_planet.configs; print('ok')")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["[]", "ok"], result.stdout

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs
+from bayes_planet import envs
 
 
 @pytest.fixture(scope="module")

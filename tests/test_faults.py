@@ -16,10 +16,10 @@ import zipfile
 import jax
 import numpy as np
 import pytest
+from bayes_planet.agents.cli import main
+from bayes_planet.agents.train import Trainer
 from conftest import EPISODE_ENV_STEPS, TINY_RUN
 
-from agents.cli import main
-from agents.train import Trainer
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bayes_planet.config import load_config
 from bayes_planet.errors import UsageError
@@ -29,7 +29,7 @@ from bayes_planet.replay import Replay
 
 
 def _cli(logdir, *extra):
-    return [sys.executable, "-m", "agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
+    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
 
 
 def _overrides(*items):
@@ -336,7 +336,7 @@ def test_random_command_bad_arguments_are_one_line(tmp_path, capsys):
 
 def test_a_bug_keeps_its_traceback(tmp_path):
     """Only the project's own validation errors become one line; an unexpected ValueError is a bug."""
-    from agents.cli import build_parser, run_command
+    from bayes_planet.agents.cli import build_parser, run_command
 
     args = build_parser().parse_args(["eval", "--logdir", str(tmp_path)])
     args.run = lambda args: int("not a number")

@@ -11,10 +11,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from bayes_planet.agents.cli import main
+from bayes_planet.agents.train import Trainer
 from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_config
 
-from agents.cli import main
-from agents.train import Trainer
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bayes_planet.config import load_config
 from bayes_planet.files import is_partial
@@ -23,7 +23,7 @@ from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 
 
 def _cli(logdir, *extra):
-    return [sys.executable, "-m", "agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
+    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
 
 
 def _overrides(*items):

@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from bayes_planet.agents.rollout import random_policy, run_episode
 
-import envs
-from agents.rollout import random_policy, run_episode
-from bayes_planet import bayes
+from bayes_planet import bayes, envs
 from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
 
 UPDATES, BATCH, LENGTH = 2000, 6, 16

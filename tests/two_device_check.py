@@ -8,12 +8,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bayes_planet.agents.agent import PlanetAgent
+from bayes_planet.agents.rollout import random_policy, run_episode
+from bayes_planet.agents.train import Trainer
 
-import envs
-from agents.agent import PlanetAgent
-from agents.rollout import random_policy, run_episode
-from agents.train import Trainer
-from bayes_planet import parallel
+from bayes_planet import envs, parallel
 from bayes_planet.config import load_config
 from bayes_planet.planners import CEM
 from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
