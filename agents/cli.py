@@ -149,6 +149,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from bayes_planet.agents.compare import BASELINES, find_groups, published, published_table, results_table
+
+    if not os.path.isdir(args.folder):
+        raise UsageError(f"{args.folder} is not a folder")
+    groups = find_groups(args.folder)
+    if not groups:
+        raise UsageError(f"{args.folder} holds no run (no metrics.jsonl below it)")
+    print(results_table(groups, args.steps))
+    rows = published({group.task for group in groups}, args.baselines or BASELINES)
+    if rows:
+        print()
+        print(published_table(rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bayes_planet.config import preset_names
 
@@ -227,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--latent-samples", type=int, default=4, help="latent noise draws per weight sample")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bars")
     calibrate.set_defaults(run=_calibrate)
+    compare = commands.add_parser(
+        "compare", help="evaluation returns of many runs at env-step marks, next to published scores",
+        description="Find every run below FOLDER, laid out as <task>/<variant>/seed-<n>; print the evaluation "
+                    "return at each --steps mark (mean +- std across seeds, the number of seeds, and each "
+                    "seed's value), then the published scores for the same tasks with their sources.")
+    compare.add_argument("folder", help="a folder of runs, e.g. results/transition-fix")
+    compare.add_argument("--steps", type=int, nargs="+", default=[100_000], help="env-step marks (default 100000)")
+    compare.add_argument("--baselines", default=None, help="CSV of published scores (default: the shipped one)")
+    compare.set_defaults(run=_compare)
     return parser
 
 

@@ -57,6 +57,9 @@ LOG = logging.getLogger(__name__)
 BATCH_KEYS = ("observation", "action", "reward")
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never share a seed with training episodes
 REPORT_FOLDERS = ("videos", "openloop", "calibration", "probes")
+# where a run's wall-clock time goes, in seconds: env stepping and rendering (training and random episodes),
+# the agent's planning (training episodes), updates, evaluation episodes, reports and plots, checkpoints
+TIME_PHASES = ("env", "planning", "updates", "evaluation", "reports", "checkpoints")
 
 
 class Interrupted(Exception):
@@ -213,6 +216,7 @@ class Trainer:
         self.phase_updates = 0  # updates done towards the next collected episode (a stop may cut a phase short)
         self.evaluated_at = -1  # `replay.next_index` at the last completed evaluation
         self.finished = False  # the final reports are written: a rerun has nothing to do
+        self.seconds = dict.fromkeys(TIME_PHASES, 0.0)  # summed over every session of the run (in the checkpoint)
         self.key = jax.random.PRNGKey(c.seed)
         self.sampler = np.random.default_rng(c.seed)
         self.nonfinite_streak = 0
@@ -224,7 +228,8 @@ class Trainer:
         """Everything a checkpoint holds (`params` and `opt_state` may be shape structs, for loading)."""
         return {"params": self.params, "opt_state": self.opt_state, "updates": self.updates, "key": self.key,
                 "sampler": self.sampler.bit_generator.state, "episodes": self.replay.next_index,
-                "phase_updates": self.phase_updates, "evaluated_at": self.evaluated_at, "finished": self.finished}
+                "phase_updates": self.phase_updates, "evaluated_at": self.evaluated_at, "finished": self.finished,
+                "seconds": dict(self.seconds)}
 
     def _restore(self) -> None:
         refuse_pickled_checkpoint(self.logdir)
@@ -242,6 +247,7 @@ class Trainer:
         # an episode collected after the checkpoint starts a new phase
         self.phase_updates = saved["phase_updates"] if saved["episodes"] == self.replay.next_index else 0
         self.evaluated_at, self.finished = saved["evaluated_at"], saved["finished"]
+        self.seconds = {phase: float(saved["seconds"][phase]) for phase in TIME_PHASES}
 
     def _initialize(self) -> None:
         self.key, key_init = jax.random.split(self.key)
@@ -259,8 +265,18 @@ class Trainer:
             LOG.warning("not saving a model with non-finite parameters: %s keeps the last finite one",
                         self.checkpoint_path)
             return False
-        save_checkpoint(self.checkpoint_path, self._state())
+        with self._timed("checkpoints"):
+            save_checkpoint(self.checkpoint_path, self._state())
         return True
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        """Add the wall-clock time spent inside to ``seconds[phase]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
 
     @property
     def env_steps(self) -> int:
@@ -269,16 +285,27 @@ class Trainer:
         return (self.replay.steps_ever - self.replay.next_index) * self.action_repeat
 
     # ------------------------------------------------------------------------------------ phases
-    def _rollout(self, policy, seed: int, description: str, env=None):
+    def _rollout(self, policy, seed: int, description: str, env=None, timed: bool = True):
+        """One episode; with `timed`, the time inside `policy` counts as planning and the rest as env."""
         env = env or self.env
         total = getattr(env.unwrapped, "max_episode_steps", None)
+
+        def timed_policy(observation):
+            with self._timed("planning"):
+                return policy(observation)
+
+        planning, start = self.seconds["planning"], time.perf_counter()
         with tqdm(total=total, desc=description, leave=False, disable=not self.progress) as bar:
             def on_step(reward, totals=[0.0]):  # noqa: B006  (running return for the bar)
                 self._check_stop()
                 totals[0] += reward
                 bar.set_postfix(ret=f"{totals[0]:.1f}", refresh=False)
                 bar.update(1)
-            return run_episode(env, policy, seed=seed, on_step=on_step)
+            try:
+                return run_episode(env, timed_policy if timed else policy, seed=seed, on_step=on_step)
+            finally:
+                if timed:
+                    self.seconds["env"] += time.perf_counter() - start - (self.seconds["planning"] - planning)
 
     def collect_seed_episodes(self) -> None:
         while len(self.replay) < self.config.train.seed_episodes:
@@ -291,6 +318,10 @@ class Trainer:
     def train_phase(self) -> dict[str, float]:
         """`train.train_steps` updates (fewer when a stop signal arrives). Updates with a non-finite loss or
         gradient are skipped and counted; `train.max_nonfinite_updates` in a row raise `Diverged`."""
+        with self._timed("updates"):
+            return self._train_phase()
+
+    def _train_phase(self) -> dict[str, float]:
         c = self.config.train
         history, skipped = [], 0
         with tqdm(range(c.train_steps - self.phase_updates), desc=f"train (update {self.updates})", leave=False,
@@ -357,7 +388,7 @@ class Trainer:
             number = first + index  # every evaluation episode gets its own env seed and planner key
             key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + EVAL_SEED_OFFSET), number)
             seed = EVAL_SEED_OFFSET + episode_seed(self.config, number)
-            episode = self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env)
+            episode = self._rollout(self.agent.policy(self.params, key, 0.0), seed, f"eval {index}", env, timed=False)
             if video and index == 0 and self.config.model.observation == "pixels":
                 write_video(video, episode.observations)
             arrays = episode.arrays()
@@ -371,14 +402,17 @@ class Trainer:
         name = f"{self.env_steps:08d}"
         video = os.path.join(self.logdir, "videos", f"eval-{name}.mp4")
         os.makedirs(os.path.dirname(video), exist_ok=True)
-        episodes = self.evaluate(self.config.train.eval_episodes, video)
+        with self._timed("evaluation"):
+            episodes = self.evaluate(self.config.train.eval_episodes, video)
         returns = [episode_return(e) for e in episodes]
-        if self.config.model.observation == "pixels":
-            from bayes_planet.agents.reports import write_open_loop
-            write_open_loop(self.as_run(), episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
-        self.logger.write("eval", self.env_steps, {"return": np.mean(returns), "return_std": np.std(returns),
-                                                    "return_min": np.min(returns), "return_max": np.max(returns)})
-        self.plot()
+        with self._timed("reports"):
+            if self.config.model.observation == "pixels":
+                from bayes_planet.agents.reports import write_open_loop
+                write_open_loop(self.as_run(), episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
+            self.logger.write("eval", self.env_steps, {
+                "return": np.mean(returns), "return_std": np.std(returns), "return_min": np.min(returns),
+                "return_max": np.max(returns), "returns": returns})
+            self.plot()
         return float(np.mean(returns))
 
     def write_final_reports(self, max_episodes: int = 6) -> None:
@@ -498,9 +532,13 @@ class Trainer:
             self._say(f"episode {self.replay.next_index}  env steps {self.env_steps}  return {episode_return:.1f}  "
                       f"loss {losses['loss']:.2f}  updates {self.updates}")
         if not self.finished:
-            self.write_final_reports()
+            with self._timed("reports"):
+                self.write_final_reports()
             self.finished = True
             self.save()
+            self.logger.write("time", self.env_steps, dict(self.seconds, total=sum(self.seconds.values())))
+            self._say("where the time went: " + ", ".join(
+                f"{phase} {seconds / 60:.1f} min" for phase, seconds in self.seconds.items()))
         return {"eval_return": self.last_eval_return(), "random_return": self.random_return(),
                 "already_finished": float(already_finished)}
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
+
+import numpy as np
 
 LOG = logging.getLogger(__name__)
 
@@ -31,9 +34,9 @@ def drop_torn_line(path: str) -> int:
 
 
 class Logger:
-    """Append records ``{"kind": ..., "step": env_steps, name: value, ...}`` to ``<logdir>/metrics.jsonl``
-    (one whole record per line, flushed at once, so a crash loses nothing written) and scalars to
-    TensorBoard under ``kind/name``. Nothing is created before the first record."""
+    """Append records ``{"kind": ..., "step": env_steps, "wall_time": unix seconds, name: value or list, ...}``
+    to ``<logdir>/metrics.jsonl`` (one whole record per line, flushed at once, so a crash loses nothing
+    written) and scalars to TensorBoard under ``kind/name``. Nothing is created before the first record."""
 
     def __init__(self, logdir: str):
         self.logdir = logdir
@@ -46,11 +49,13 @@ class Logger:
 
             drop_torn_line(self.path)
             self._writer = SummaryWriter(os.path.join(self.logdir, "tensorboard"))
-        record = {"kind": kind, "step": int(step), **{k: float(v) for k, v in values.items()}}
+        record = {"kind": kind, "step": int(step), "wall_time": time.time(),
+                  **{k: float(v) if np.ndim(v) == 0 else [float(x) for x in np.ravel(v)] for k, v in values.items()}}
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         for name, value in values.items():
-            self._writer.add_scalar(f"{kind}/{name}", float(value), int(step))
+            if np.ndim(value) == 0:  # lists (e.g. every evaluation return) go to metrics.jsonl only
+                self._writer.add_scalar(f"{kind}/{name}", float(value), int(step))
         self._writer.flush()
 
     def close(self) -> None:

@@ -11,11 +11,12 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
-from bayes_planet.agents.train import Trainer
+from bayes_planet.agents.train import TIME_PHASES, Trainer
 from conftest import EPISODE_ENV_STEPS, TINY_RUN
 
 from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.config import load_config
+from bayes_planet.logger import read_metrics
 from bayes_planet.viz import HEADER_HEIGHT, LABEL_WIDTH
 
 
@@ -56,6 +57,12 @@ def test_training_run_writes_its_run_directory(tiny_run):
     assert train["updates"] == 3 and np.isfinite(train["loss"])
     (evaluation,) = _records(logdir, "eval")
     assert evaluation["step"] == 3 * EPISODE_ENV_STEPS and result["eval_return"] == evaluation["return"]
+    assert len(evaluation["returns"]) == 1 and evaluation["returns"][0] == pytest.approx(evaluation["return"])
+    (spent,) = _records(logdir, "time")  # where the wall-clock time went, every phase measured
+    assert all(spent[phase] > 0 for phase in ("env", "planning", "updates", "evaluation", "reports", "checkpoints"))
+    assert spent["total"] == pytest.approx(sum(spent[p] for p in TIME_PHASES))
+    records = read_metrics(logdir)
+    assert all(a["wall_time"] <= b["wall_time"] for a, b in zip(records, records[1:], strict=False))
     assert result["random_return"] == pytest.approx(np.mean([r["return"] for r in _records(logdir, "random")]))
     saved = load_checkpoint(os.path.join(logdir, "checkpoint.npz"))
     assert saved["updates"] == 3 and saved["finished"] and saved["evaluated_at"] == 3

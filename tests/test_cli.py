@@ -1,5 +1,6 @@
 """The `bayes-planet` command line, run as a user would."""
 
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,15 @@ def test_the_install_puts_nothing_generic_at_the_top_level(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["[]", "ok"], result.stdout
+
+
+def test_compare_tabulates_the_committed_results_next_to_published_scores(capsys):
+    from bayes_planet.agents.cli import main
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "results", "transition-fix")
+    assert main(["compare", folder, "--steps", "25000", "45000", "65000"]) == 0
+    out = capsys.readouterr().out
+    # the three Bayesian cartpole seeds: 165/260/143, 124/205/274, 124/134/275 (mean, sample std, n)
+    assert "| cartpole-swingup | reparameterization | 138 +- 24 (3) | 200 +- 63 (3) | 230 +- 76 (3) |" in out
+    assert "| cartpole-swingup | 100k | PlaNet | curl2020 | 297 +- 39 |" in out
+    assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run

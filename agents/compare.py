@@ -1,0 +1,93 @@
+"""Tables of evaluation returns over many runs, next to published scores.
+
+Runs are found under a folder by their ``metrics.jsonl`` and grouped by where they lie: ``<task>/<variant>/
+seed-<n>`` (the layout of ``results/``), so a group is one task and one variant over seeds. For each group
+and each asked env-step mark the table gives the mean evaluation return over seeds, the std across seeds
+(with two or more) and each seed's value; published scores for the same tasks come from a CSV with sources
+(``bayes_planet/baselines/dmc_pixels.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.resources
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from bayes_planet.logger import read_metrics
+
+BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_pixels.csv")  # with sources
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """The runs of one task and one variant: `evaluations` maps each run's folder to its ``{step: return}``."""
+
+    task: str
+    variant: str
+    evaluations: dict[str, dict[int, float]]
+
+    def at(self, step: int) -> list[float]:
+        """Each run's evaluation return at env step `step` (runs that have none there are left out)."""
+        return [returns[step] for returns in self.evaluations.values() if step in returns]
+
+
+def find_groups(folder: str) -> list[Group]:
+    """Every run under `folder` (a folder with ``metrics.jsonl``), grouped by ``<task>/<variant>``: the two
+    folders above the run's own."""
+    groups: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for root, _, names in sorted(os.walk(folder)):
+        if "metrics.jsonl" not in names:
+            continue
+        parts = os.path.relpath(root, folder).split(os.sep)
+        task, variant = (parts[-3], parts[-2]) if len(parts) >= 3 else (parts[0], "-")
+        returns = {int(r["step"]): float(r["return"]) for r in read_metrics(root) if r["kind"] == "eval"}
+        groups.setdefault((task, variant), {})[root] = returns
+    return [Group(task, variant, runs) for (task, variant), runs in sorted(groups.items())]
+
+
+def summarize(values: Sequence[float]) -> str:
+    """``mean +- std (n)`` over seeds; the mean alone with one seed; ``-`` with none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.0f} (1)"
+    return f"{np.mean(values):.0f} +- {np.std(values, ddof=1):.0f} ({len(values)})"
+
+
+def results_table(groups: Iterable[Group], steps: Sequence[int]) -> str:
+    """Markdown: one row per task and variant, one column per env-step mark (mean +- std across seeds, with
+    the number of seeds), and every seed's value."""
+    header = "| task | variant | " + " | ".join(f"{step // 1000}k" for step in steps) + " | per seed |"
+    lines = [header, "|" + "---|" * (len(steps) + 3)]
+    for group in groups:
+        per_seed = "; ".join("/".join(f"{returns[s]:.0f}" if s in returns else "-" for s in steps)
+                             for returns in group.evaluations.values())
+        cells = " | ".join(summarize(group.at(step)) for step in steps)
+        lines.append(f"| {group.task} | {group.variant} | {cells} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def published(tasks: Iterable[str], path: str = BASELINES) -> list[dict[str, str]]:
+    """Rows of the baselines CSV (method, source, task, env_steps, mean, std) for `tasks` (the part of a
+    group's task before any ``-quickstart``-style suffix is matched too)."""
+    wanted = set(tasks)
+    with open(path) as handle:
+        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    return [row for row in rows if row["task"] in wanted or any(t.startswith(row["task"] + "-") for t in wanted)]
+
+
+def published_table(rows: Sequence[dict[str, str]]) -> str:
+    """Markdown of published scores: task, env steps, method, source, mean +- std."""
+    lines = ["| task | env steps | method | source | return |", "|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["task"], int(r["env_steps"]), r["method"])):
+        std = f" +- {row['std']}" if row["std"] else ""
+        lines.append(f"| {row['task']} | {int(row['env_steps']) // 1000}k | {row['method']} | {row['source']} | "
+                     f"{row['mean']}{std} |")
+    return "\n".join(lines)
+
+
+__all__ = ["Group", "find_groups", "published", "published_table", "results_table", "summarize"]
