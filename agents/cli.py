@@ -149,6 +149,36 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from bayes_planet.agents.sweep import grid, parse_variant, ray_submitter, run_grid
+
+    from bayes_planet.config import load_config, read_yaml
+
+    variants = dict(parse_variant(text) for text in args.variant)
+    if args.variants:
+        for name, overrides in read_yaml(args.variants).items():
+            if not isinstance(overrides, dict):
+                raise UsageError(f"{args.variants}: variant {name!r} must map section.key to a value")
+            variants[str(name)] = [f"{key}={value}" for key, value in overrides.items()]
+    variants = variants or {"default": []}
+    runs = grid(args.out, args.config, args.tasks, variants, args.seeds, args.set)
+    for run in runs:  # every config is checked before any run starts
+        try:
+            load_config(args.config, [*args.set, *variants[run.variant], f"env.task={run.task}", f"seed={run.seed}"])
+        except UsageError as error:
+            raise UsageError(f"{run.name}: {error}") from None
+    submit = ray_submitter(args.ray) if args.ray else None
+    print(f"sweep: {len(runs)} runs ({len(args.tasks)} tasks x {len(variants)} variants x {len(args.seeds)} seeds) "
+          f"in {args.out}")
+    outcome = run_grid(runs, args.workers, submit, progress=not args.no_progress)
+    print(f"sweep: {len(outcome['skipped'])} finished before, {len(outcome['finished'])} finished now, "
+          f"{len(outcome['failed'])} failed" + "".join(f"\n  failed: {run.name} (log: {run.log})"
+                                                     for run in outcome["failed"]))
+    if outcome["failed"]:
+        print("rerun the same command to retry the failed runs (finished ones are skipped)")
+    return 1 if outcome["failed"] else 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from bayes_planet.agents.compare import BASELINES, find_groups, published, published_table, results_table
 
@@ -243,6 +273,24 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--latent-samples", type=int, default=4, help="latent noise draws per weight sample")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bars")
     calibrate.set_defaults(run=_calibrate)
+    sweep = commands.add_parser(
+        "sweep", help="train a grid of runs: tasks x variants x seeds, each its own run directory",
+        description="Train every run of the grid as SWEEP/<task>/<variant>/seed-<n> (the usual run directory, with "
+                    "its output in seed-<n>.log beside it). Rerunning the same command resumes unfinished runs "
+                    "and skips finished ones; a failed run never stops the others.")
+    sweep.add_argument("--out", required=True, help="the sweep folder")
+    sweep.add_argument("--config", default="default", help="preset or YAML path for every run (default: default)")
+    sweep.add_argument("--tasks", nargs="+", required=True, help="task ids, e.g. dmc:cartpole-swingup dmc:cheetah-run")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default 0)")
+    sweep.add_argument("--variant", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                       help="a variant and its overrides, e.g. det:model.transition=deterministic (repeatable)")
+    sweep.add_argument("--variants", help="YAML file mapping variant names to {section.key: value} overrides")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override for every run")
+    sweep.add_argument("--workers", type=int, default=1, help="runs at once on this machine (default 1)")
+    sweep.add_argument("--ray", default=None, metavar="ADDRESS",
+                       help="run on a Ray cluster ('auto' or an address; pip install 'bayes-planet[ray]')")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.set_defaults(run=_sweep)
     compare = commands.add_parser(
         "compare", help="evaluation returns of many runs at env-step marks, next to published scores",
         description="Find every run below FOLDER, laid out as <task>/<variant>/seed-<n>; print the evaluation "

@@ -6,6 +6,8 @@ import sys
 
 from bayes_planet.agents.cli import main
 
+from bayes_planet.config import load_config
+
 
 def test_random_command_writes_a_video_and_prints_the_return(tmp_path, capsys):
     assert main(["random", "--task", "dmc:cartpole-swingup", "--out", str(tmp_path)]) == 0
@@ -41,3 +43,30 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(capsys
     assert "| cartpole-swingup | reparameterization | 138 +- 24 (3) | 200 +- 63 (3) | 230 +- 76 (3) |" in out
     assert "| cartpole-swingup | 100k | PlaNet | curl2020 | 297 +- 39 |" in out
     assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run
+
+
+def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsys):
+    """A real grid of tiny cartpole runs (random seed episodes only, so each is seconds): two variants x two
+    seeds, one variant failing in every run; a rerun skips what finished and retries what failed."""
+    from bayes_planet.agents.cli import main
+    from conftest import TINY_RUN
+
+    from bayes_planet.checkpoint import load_checkpoint
+
+    out = str(tmp_path / "sweep")
+    common = [a for item in TINY_RUN + ["train.env_steps=2000", "train.eval_episodes=0"] for a in ("--set", item)]
+    args = ["sweep", "--out", out, "--tasks", "dmc:cartpole-swingup", "--seeds", "0", "1", "--workers", "2",
+            "--variant", "mean:planner.objective=mean", "--variant", "broken:train.sequence_length=500",
+            "--no-progress", *common]
+    assert main(args) == 1
+    printed = capsys.readouterr().out
+    assert "0 finished before, 2 finished now, 2 failed" in printed
+    assert "failed: cartpole-swingup/broken/seed-1" in printed
+    for seed in (0, 1):
+        run = os.path.join(out, "cartpole-swingup", "mean", f"seed-{seed}")
+        assert load_checkpoint(os.path.join(run, "checkpoint.npz"))["finished"]
+        assert load_config(os.path.join(run, "config.yaml")).seed == seed
+    assert "is longer than an episode" in open(os.path.join(out, "cartpole-swingup", "broken", "seed-0.log")).read()
+    assert main(args) == 1
+    assert "2 finished before, 0 finished now, 2 failed" in capsys.readouterr().out
+    assert main(["sweep", "--out", out, "--tasks", "dmc:cartpole-swingup", "--variant", "bad:planner.horizon=0"]) == 2

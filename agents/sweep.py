@@ -1,0 +1,138 @@
+"""A grid of runs, tasks x variants x seeds, each an ordinary run directory: ``SWEEP/<task>/<variant>/seed-<n>``.
+
+Every run is the `bayes-planet train` command in its own process (its output in ``seed-<n>.log`` beside the
+run directory), so every other command works on each run, a failed run never stops the others, and
+rerunning the same sweep resumes the unfinished runs and skips the finished ones. `workers` runs go at once
+on this machine; with Ray (``pip install 'bayes-planet[ray]'``) the runs spread over a cluster's machines
+instead, writing to the same (shared) folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from bayes_planet.checkpoint import load_checkpoint
+from bayes_planet.errors import UsageError
+
+CHECKPOINT_NAME = "checkpoint.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run of the grid: where it lives and the command that trains (or resumes) it."""
+
+    task: str
+    variant: str
+    seed: int
+    logdir: str
+    command: tuple[str, ...]
+
+    @property
+    def log(self) -> str:
+        return self.logdir + ".log"
+
+    @property
+    def name(self) -> str:
+        return f"{task_folder(self.task)}/{self.variant}/seed-{self.seed}"
+
+
+def task_folder(task: str) -> str:
+    """A folder name for a task id: ``dmc:cartpole-swingup`` -> ``cartpole-swingup``."""
+    return task.removeprefix("dmc:").replace("/", "_").replace(":", "_")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"det:model.transition=deterministic,planner.horizon=8"`` -> ``("det", [overrides])``; a bare name
+    means no overrides."""
+    name, _, rest = text.partition(":")
+    if not name or os.sep in name:
+        raise UsageError(f"--variant {text!r} must look like NAME or NAME:section.key=value,section.key=value")
+    overrides = [item.strip() for item in rest.split(",") if item.strip()]
+    return name, overrides
+
+
+def grid(folder: str, config: str, tasks: Sequence[str], variants: Mapping[str, Sequence[str]],
+         seeds: Sequence[int], common: Sequence[str] = ()) -> list[RunSpec]:
+    """Every run of the grid with its `bayes-planet train` command (`common` overrides first, then the
+    variant's, then the task and seed)."""
+    runs = []
+    for task in tasks:
+        for variant, overrides in variants.items():
+            for seed in seeds:
+                logdir = os.path.join(folder, task_folder(task), variant, f"seed-{seed}")
+                sets = [*common, *overrides, f"env.task={task}", f"seed={seed}"]
+                command = (sys.executable, "-m", "bayes_planet.agents.cli", "train", "--config", config,
+                           "--logdir", logdir, "--no-progress", *[arg for item in sets for arg in ("--set", item)])
+                runs.append(RunSpec(task, variant, seed, logdir, command))
+    return runs
+
+
+def is_finished(run: RunSpec) -> bool:
+    """Whether the run's checkpoint says its final reports are written."""
+    path = os.path.join(run.logdir, CHECKPOINT_NAME)
+    return os.path.exists(path) and bool(load_checkpoint(path, False, subtree="finished"))
+
+
+def train_one(command: Sequence[str], log: str) -> int:
+    """Run one training command with its output appended to `log`; returns its exit status."""
+    os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+    with open(log, "a") as handle:
+        handle.write(f"\n$ {' '.join(command)}\n")
+        handle.flush()
+        return subprocess.run(list(command), stdout=handle, stderr=subprocess.STDOUT).returncode
+
+
+def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None = None,
+             say: Callable[[str], None] = print, progress: bool = True) -> dict[str, list[RunSpec]]:
+    """Train every unfinished run of `runs`, `workers` at a time (or through `submit(command, log)`, which
+    returns a future, e.g. `ray_submitter`); returns the runs by outcome: finished before, finished now,
+    failed (nonzero exit)."""
+    from tqdm import tqdm
+
+    outcome: dict[str, list[RunSpec]] = {"skipped": [], "finished": [], "failed": []}
+    todo = []
+    for run in runs:
+        (outcome["skipped"] if is_finished(run) else todo).append(run)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
+            tqdm(total=len(runs), initial=len(outcome["skipped"]), desc="sweep", disable=not progress) as bar:
+        futures = {}
+        for run in todo:
+            future = submit(run.command, run.log) if submit else pool.submit(train_one, run.command, run.log)
+            futures[future] = (run, time.perf_counter())
+            say(f"start  {run.name}  (log: {run.log})")
+        for future in as_completed(futures):
+            run, start = futures[future]
+            try:
+                status = future.result()
+            except Exception as error:  # a worker that died: the run failed, the others go on
+                status = f"{type(error).__name__}: {error}"
+            minutes = (time.perf_counter() - start) / 60
+            if status == 0:
+                outcome["finished"].append(run)
+                say(f"done   {run.name}  ({minutes:.1f} min)")
+            else:
+                outcome["failed"].append(run)
+                say(f"FAILED {run.name}  (exit {status}, {minutes:.1f} min; log: {run.log})")
+            bar.update(1)
+    return outcome
+
+
+def ray_submitter(address: str) -> Callable:
+    """`submit(command, log)` that runs each training command as a Ray task on the cluster at `address`
+    (``"auto"``: the running one); the run folder must be on a filesystem every machine shares."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--ray needs Ray: pip install 'bayes-planet[ray]'") from None
+    ray.init(address=address, ignore_reinit_error=True)
+    remote = ray.remote(num_cpus=1)(train_one)
+    return lambda command, log: remote.remote(list(command), log).future()
+
+
+__all__ = ["RunSpec", "grid", "is_finished", "parse_variant", "ray_submitter", "run_grid", "task_folder"]
