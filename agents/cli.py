@@ -188,6 +188,11 @@ def _compare(args: argparse.Namespace) -> int:
     if not groups:
         raise UsageError(f"{args.folder} holds no run (no metrics.jsonl below it)")
     print(results_table(groups, args.steps))
+    if args.aggregate is not None:
+        from bayes_planet.agents.compare import aggregate_table
+
+        print()
+        print(aggregate_table(groups, args.aggregate))
     rows = published({group.task for group in groups}, args.baselines or BASELINES)
     if rows:
         print()
@@ -299,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("folder", help="a folder of runs, e.g. results/transition-fix")
     compare.add_argument("--steps", type=int, nargs="+", default=[100_000], help="env-step marks (default 100000)")
     compare.add_argument("--baselines", default=None, help="CSV of published scores (default: the shipped one)")
+    compare.add_argument("--aggregate", type=int, default=None, metavar="STEP",
+                         help="also IQM, mean and median over tasks and seeds at env step STEP, as fractions of 1000, "
+                              "with 95%% bootstrap intervals (rliable: pip install 'bayes-planet[analysis]')")
     compare.set_defaults(run=_compare)
     return parser
 

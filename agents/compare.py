@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from bayes_planet.errors import UsageError
 from bayes_planet.logger import read_metrics
 
 BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_pixels.csv")  # with sources
@@ -90,4 +91,40 @@ def published_table(rows: Sequence[dict[str, str]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Group", "find_groups", "published", "published_table", "results_table", "summarize"]
+def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000.0, reps: int = 2000,
+                    seed: int = 0) -> str:
+    """Markdown: for each variant, IQM, mean and median of returns at env step `step` over every task and
+    seed, as fractions of `max_return` (DeepMind Control's 1000), with 95% stratified-bootstrap intervals
+    (rliable, Agarwal et al. 2021). A variant counts the tasks evaluated at `step`, and the seeds that every
+    one of those has."""
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+    except ImportError:
+        raise UsageError("--aggregate needs rliable: pip install 'bayes-planet[analysis]'") from None
+    by_variant: dict[str, list[Group]] = {}
+    for group in groups:
+        by_variant.setdefault(group.variant, []).append(group)
+    scores, counts = {}, {}
+    for variant, members in by_variant.items():
+        per_task = [group.at(step) for group in members if group.at(step)]  # tasks evaluated at `step`
+        runs = min((len(values) for values in per_task), default=0)
+        if runs:
+            scores[variant] = np.array([values[:runs] for values in per_task]).T / max_return  # [runs, tasks]
+            counts[variant] = (runs, len(per_task))
+    if not scores:
+        raise UsageError(f"no variant has an evaluation at env step {step} in every task")
+    np.random.seed(seed)  # rliable's bootstrap draws from NumPy's global generator
+    aggregate = lambda x: np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x),
+                                    metrics.aggregate_median(x)])
+    points, intervals = rly.get_interval_estimates(scores, aggregate, reps=reps)
+    lines = [f"| variant (at {step // 1000}k, return / {max_return:.0f}) | seeds x tasks | IQM | mean | median |",
+             "|---|---|---|---|---|"]
+    for variant in scores:
+        cells = " | ".join(f"{points[variant][i]:.3f} [{intervals[variant][0, i]:.3f}, {intervals[variant][1, i]:.3f}]"
+                           for i in range(3))
+        lines.append(f"| {variant} | {counts[variant][0]} x {counts[variant][1]} | {cells} |")
+    return "\n".join(lines)
+
+
+__all__ = ["Group", "aggregate_table", "find_groups", "published", "published_table", "results_table", "summarize"]

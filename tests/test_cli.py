@@ -42,6 +42,8 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(capsys
     # the three Bayesian cartpole seeds: 165/260/143, 124/205/274, 124/134/275 (mean, sample std, n)
     assert "| cartpole-swingup | reparameterization | 138 +- 24 (3) | 200 +- 63 (3) | 230 +- 76 (3) |" in out
     assert "| cartpole-swingup | 100k | PlaNet | curl2020 | 297 +- 39 |" in out
+    assert main(["compare", folder, "--steps", "65000", "--aggregate", "65000"]) == 0  # rliable's IQM and intervals
+    assert "| reparameterization | 3 x 1 | 0.230 [0.143, 0.275] |" in capsys.readouterr().out
     assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run
 
 
