@@ -180,23 +180,51 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from bayes_planet.agents.compare import BASELINES, find_groups, published, published_table, results_table
+    import csv
+    import io
 
-    if not os.path.isdir(args.folder):
-        raise UsageError(f"{args.folder} is not a folder")
-    groups = find_groups(args.folder)
+    from bayes_planet.agents.compare import (
+        BASELINES,
+        aggregate_table,
+        find_groups,
+        plot_curves,
+        published,
+        published_table,
+        results_rows,
+        results_table,
+    )
+
+    from bayes_planet.files import atomic_write
+
+    groups = []
+    for folder in args.folder:
+        if not os.path.isdir(folder):
+            raise UsageError(f"{folder} is not a folder")
+        groups += find_groups(folder)
     if not groups:
-        raise UsageError(f"{args.folder} holds no run (no metrics.jsonl below it)")
-    print(results_table(groups, args.steps))
-    if args.aggregate is not None:
-        from bayes_planet.agents.compare import aggregate_table
-
-        print()
-        print(aggregate_table(groups, args.aggregate))
+        raise UsageError(f"{', '.join(args.folder)} holds no run (no metrics.jsonl below it)")
+    steps = args.steps or sorted({100_000, 500_000, 1_000_000} | {group.last_step() for group in groups} - {0})
     rows = published({group.task for group in groups}, args.baselines or BASELINES)
+    sections = [results_table(groups, steps)]
+    if args.aggregate is not None:
+        sections.append(aggregate_table(groups, args.aggregate))
     if rows:
-        print()
-        print(published_table(rows))
+        sections.append(published_table(rows))
+    text = "\n\n".join(sections)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        command = " ".join(["bayes-planet compare", *args.folder, "--steps", *map(str, steps)]
+                           + (["--aggregate", str(args.aggregate)] if args.aggregate is not None else []))
+        atomic_write(os.path.join(args.out, "results.md"), lambda h: h.write(f"`{command}`\n\n{text}\n".encode()))
+        table = results_rows(groups, steps)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+        atomic_write(os.path.join(args.out, "results.csv"), lambda h: h.write(buffer.getvalue().encode()))
+        plot_curves(groups, rows, os.path.join(args.out, "curves.png"))
+        print(f"\nwritten: {', '.join(os.path.join(args.out, n) for n in ('results.md', 'results.csv', 'curves.png'))}")
     return 0
 
 
@@ -298,11 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.set_defaults(run=_sweep)
     compare = commands.add_parser(
         "compare", help="evaluation returns of many runs at env-step marks, next to published scores",
-        description="Find every run below FOLDER, laid out as <task>/<variant>/seed-<n>; print the evaluation "
+        description="Find every run below each FOLDER, laid out as <task>/<variant>/seed-<n>; print the evaluation "
                     "return at each --steps mark (mean +- std across seeds, the number of seeds, and each "
                     "seed's value), then the published scores for the same tasks with their sources.")
-    compare.add_argument("folder", help="a folder of runs, e.g. results/transition-fix")
-    compare.add_argument("--steps", type=int, nargs="+", default=[100_000], help="env-step marks (default 100000)")
+    compare.add_argument("folder", nargs="+", help="folders of runs, e.g. results/transition-fix")
+    compare.add_argument("--steps", type=int, nargs="+", default=None,
+                         help="env-step marks (default: 100k, 500k, 1M and the last step every run of a group reached)")
+    compare.add_argument("--out", default=None, help="also write results.md, results.csv and curves.png here")
     compare.add_argument("--baselines", default=None, help="CSV of published scores (default: the shipped one)")
     compare.add_argument("--aggregate", type=int, default=None, metavar="STEP",
                          help="also IQM, mean and median over tasks and seeds at env step STEP, as fractions of 1000, "

@@ -25,11 +25,23 @@ BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_p
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-    """The runs of one task and one variant: `evaluations` maps each run's folder to its ``{step: return}``."""
+    """The runs of one task and one variant: `evaluations` maps each run's folder to its ``{step: return}``,
+    `weight_kl` to its ``{step: weight KL}`` (from the training records)."""
 
     task: str
     variant: str
     evaluations: dict[str, dict[int, float]]
+    weight_kl: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+
+    def last_step(self) -> int:
+        """The last env step at which every run of the group was evaluated (0 if none)."""
+        return min((max(returns, default=0) for returns in self.evaluations.values()), default=0)
+
+    def curve(self, series: str = "evaluations") -> tuple[np.ndarray, np.ndarray]:
+        """Steps ``[S]`` that every run has and the values ``[runs, S]`` there."""
+        runs = list(getattr(self, series).values())
+        steps = sorted(set.intersection(*(set(values) for values in runs))) if runs else []
+        return np.asarray(steps), np.asarray([[values[step] for step in steps] for values in runs])
 
     def at(self, step: int) -> list[float]:
         """Each run's evaluation return at env step `step` (runs that have none there are left out)."""
@@ -45,9 +57,13 @@ def find_groups(folder: str) -> list[Group]:
             continue
         parts = os.path.relpath(root, folder).split(os.sep)
         task, variant = (parts[-3], parts[-2]) if len(parts) >= 3 else (parts[0], "-")
-        returns = {int(r["step"]): float(r["return"]) for r in read_metrics(root) if r["kind"] == "eval"}
-        groups.setdefault((task, variant), {})[root] = returns
-    return [Group(task, variant, runs) for (task, variant), runs in sorted(groups.items())]
+        records = read_metrics(root)
+        returns = {int(r["step"]): float(r["return"]) for r in records if r["kind"] == "eval"}
+        weight_kl = {int(r["step"]): float(r["weight_kl"]) for r in records
+                     if r["kind"] == "train" and "weight_kl" in r}
+        groups.setdefault((task, variant), {})[root] = (returns, weight_kl)
+    return [Group(task, variant, {run: value[0] for run, value in runs.items()},
+                  {run: value[1] for run, value in runs.items()}) for (task, variant), runs in sorted(groups.items())]
 
 
 def summarize(values: Sequence[float]) -> str:
@@ -70,6 +86,73 @@ def results_table(groups: Iterable[Group], steps: Sequence[int]) -> str:
         cells = " | ".join(summarize(group.at(step)) for step in steps)
         lines.append(f"| {group.task} | {group.variant} | {cells} | {per_seed} |")
     return "\n".join(lines)
+
+
+def results_rows(groups: Iterable[Group], steps: Sequence[int]) -> list[dict]:
+    """One row per group and mark: task, variant, env_steps, mean, std (sample, across seeds), seeds, values."""
+    rows = []
+    for group in groups:
+        for step in steps:
+            values = group.at(step)
+            rows.append({"task": group.task, "variant": group.variant, "env_steps": step,
+                         "mean": float(np.mean(values)) if values else "", "seeds": len(values),
+                         "std": float(np.std(values, ddof=1)) if len(values) > 1 else "",
+                         "values": " ".join(f"{v:.1f}" for v in values)})
+    return rows
+
+
+def plot_curves(groups: Sequence[Group], published_rows: Sequence[dict[str, str]], path: str) -> None:
+    """PNG per task in a row of panels: evaluation return against env steps (median over seeds, 5-95
+    percentile band, one colour per variant, published scores up to the runs' reach (100k at least) as
+    markers) and, below, the weight KL of the variants that have one (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bayes_planet.viz import save_figure
+
+    tasks = sorted({group.task for group in groups})
+    with_kl = any(group.curve("weight_kl")[1].size and group.curve("weight_kl")[1].max() > 0 for group in groups)
+    figure, axes = plt.subplots(1 + with_kl, len(tasks), figsize=(4.5 * len(tasks), 3.4 * (1 + with_kl)),
+                                dpi=100, squeeze=False)
+    variants = sorted({group.variant for group in groups})
+    colours = {variant: f"C{i}" for i, variant in enumerate(variants)}
+    markers = dict(zip(sorted({row["method"] for row in published_rows}), "osD^v<>ph*", strict=False))
+    for column, task in enumerate(tasks):
+        axis = axes[0][column]
+        for group in (g for g in groups if g.task == task):
+            steps, values = group.curve()
+            if not steps.size:
+                continue
+            low, median, high = np.percentile(values, [5, 50, 95], axis=0)
+            axis.plot(steps, median, ".-", color=colours[group.variant], label=f"{group.variant} (n={len(values)})")
+            axis.fill_between(steps, low, high, color=colours[group.variant], alpha=0.2)
+            if with_kl:
+                kl_steps, kl = group.curve("weight_kl")
+                if kl.size and kl.max() > 0:
+                    axes[1][column].semilogy(kl_steps, np.median(kl, axis=0), color=colours[group.variant],
+                                             label=group.variant)
+        reached = max((max(values, default=0) for g in groups if g.task == task for values in g.evaluations.values()),
+                      default=0)
+        shown = max(reached, 100_000) * 1.05  # published points up to the runs' reach (100k at least)
+        for row in published_rows:
+            if (row["task"] == task or task.startswith(row["task"] + "-")) and int(row["env_steps"]) <= shown:
+                axis.plot(int(row["env_steps"]), float(row["mean"]), markers[row["method"]], color="gray",
+                          markerfacecolor="none", label=f"{row['method']} ({row['source']})")
+        axis.set_title(f"{task}: evaluation return (median over seeds, 5-95% band)", fontsize=7)
+        axis.set_xlabel("environment steps")
+        axis.set_ylabel("episode return")
+        handles, labels = axis.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        axis.legend(unique.values(), unique.keys(), fontsize=6, loc="best")
+        if with_kl:
+            axes[1][column].set_title(f"{task}: weight KL (median over seeds)", fontsize=8)
+            axes[1][column].set_xlabel("environment steps")
+            axes[1][column].set_ylabel("weight KL (nats)")
+            if axes[1][column].get_legend_handles_labels()[0]:
+                axes[1][column].legend(fontsize=6)
+    save_figure(figure, path)
 
 
 def published(tasks: Iterable[str], path: str = BASELINES) -> list[dict[str, str]]:
@@ -127,4 +210,5 @@ def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000
     return "\n".join(lines)
 
 
-__all__ = ["Group", "aggregate_table", "find_groups", "published", "published_table", "results_table", "summarize"]
+__all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "published", "published_table", "results_rows",
+           "results_table", "summarize"]

@@ -1,9 +1,11 @@
 """The `bayes-planet` command line, run as a user would."""
 
+import csv
 import os
 import subprocess
 import sys
 
+import pytest
 from bayes_planet.agents.cli import main
 
 from bayes_planet.config import load_config
@@ -33,7 +35,7 @@ def test_the_install_puts_nothing_generic_at_the_top_level(tmp_path):
     assert result.stdout.split() == ["[]", "ok"], result.stdout
 
 
-def test_compare_tabulates_the_committed_results_next_to_published_scores(capsys):
+def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_path, capsys):
     from bayes_planet.agents.cli import main
 
     folder = os.path.join(os.path.dirname(__file__), "..", "results", "transition-fix")
@@ -42,8 +44,15 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(capsys
     # the three Bayesian cartpole seeds: 165/260/143, 124/205/274, 124/134/275 (mean, sample std, n)
     assert "| cartpole-swingup | reparameterization | 138 +- 24 (3) | 200 +- 63 (3) | 230 +- 76 (3) |" in out
     assert "| cartpole-swingup | 100k | PlaNet | curl2020 | 297 +- 39 |" in out
-    assert main(["compare", folder, "--steps", "65000", "--aggregate", "65000"]) == 0  # rliable's IQM and intervals
-    assert "| reparameterization | 3 x 1 | 0.230 [0.143, 0.275] |" in capsys.readouterr().out
+    out_dir = str(tmp_path / "compare")
+    assert main(["compare", folder, "--steps", "65000", "--aggregate", "65000", "--out", out_dir]) == 0
+    assert "| reparameterization | 3 x 1 | 0.230 [0.143, 0.275] |" in capsys.readouterr().out  # rliable's IQM
+    with open(os.path.join(out_dir, "results.csv")) as handle:
+        rows = {(r["task"], r["variant"]): r for r in csv.DictReader(handle)}
+    bayes = rows[("cartpole-swingup", "reparameterization")]
+    assert float(bayes["mean"]) == pytest.approx((142.5 + 274.0 + 274.6) / 3, abs=0.1) and bayes["seeds"] == "3"
+    assert os.path.getsize(os.path.join(out_dir, "curves.png")) > 10_000
+    assert "bayes-planet compare" in open(os.path.join(out_dir, "results.md")).read()
     assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run
 
 
