@@ -81,3 +81,56 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
     assert main(args) == 1
     assert "2 finished before, 0 finished now, 2 failed" in capsys.readouterr().out
     assert main(["sweep", "--out", out, "--tasks", "dmc:cartpole-swingup", "--variant", "bad:planner.horizon=0"]) == 2
+
+
+def _sweep_args(out, *extra):
+    from conftest import TINY_RUN
+
+    common = [a for item in TINY_RUN + ["train.env_steps=2000", "train.eval_episodes=0"] for a in ("--set", item)]
+    return ["sweep", "--out", out, "--seeds", "0", "1", "--no-progress", *common, *extra]
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    """2 tasks x 2 seeds x 2 variants (tiny runs of random seed episodes); the sweep is killed (its process
+    group, runs included) once some runs have finished, then rerun: it finishes all 8 and redoes none."""
+    import signal
+    import time
+
+    from bayes_planet.agents.sweep import CHECKPOINT_NAME
+
+    out = str(tmp_path / "sweep")
+    args = _sweep_args(out, "--tasks", "dmc:cartpole-swingup", "dmc:pendulum-swingup", "--workers", "2",
+                       "--variant", "a:planner.objective=mean", "--variant", "b:planner.objective=optimistic")
+    command = [sys.executable, "-m", "bayes_planet.agents.cli", *args]
+    checkpoints = [os.path.join(out, task, variant, f"seed-{seed}", CHECKPOINT_NAME)
+                   for task in ("cartpole-swingup", "pendulum-swingup") for variant in "ab" for seed in (0, 1)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(map(os.path.exists, checkpoints)) < 3:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {path: os.path.getmtime(path) for path in checkpoints if os.path.exists(path)}
+    from bayes_planet.agents.cli import main
+
+    from bayes_planet.checkpoint import load_checkpoint
+
+    finished_before = [p for p in before if load_checkpoint(p)["finished"]]
+    assert main(args) == 0
+    assert all(load_checkpoint(path)["finished"] for path in checkpoints), "all 8 runs finish"
+    assert all(os.path.getmtime(path) == before[path] for path in finished_before), "finished runs are not redone"
+
+
+def test_the_ray_backend_runs_a_sweep_on_a_local_cluster(tmp_path):
+    pytest.importorskip("ray", reason="the Ray backend is an extra: pip install 'bayes-planet[ray]'")
+    import ray
+    from bayes_planet.agents.cli import main
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        out = str(tmp_path / "sweep")
+        assert main(_sweep_args(out, "--tasks", "dmc:cartpole-swingup", "--ray", "auto")) == 0
+        assert len(os.listdir(os.path.join(out, "cartpole-swingup", "default"))) == 4  # 2 runs and their logs
+    finally:
+        ray.shutdown()
