@@ -12,11 +12,10 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp, ndtr
 
-from bayes_planet.world_model import filter_sequences
+from bayes_planet.world_model import filter_sequences, imagine_under_samples
 
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -81,12 +80,7 @@ def open_loop_reward_samples(model, params, key, observation, action, reward, ho
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _rollouts(model, params, start_state, actions, key_weights, key, weight_samples):
     """Predicted rewards ``[max(K, 1), S, H]`` from start states ``[S, ...]`` with actions ``[S, H, A]``."""
-    groups = max(weight_samples, 1)
-    weights = (model.sample_weights(params, key_weights, weight_samples) if weight_samples
-               else model.mean_weights(params))
-    tile = lambda x: jnp.tile(x, (groups,) + (1,) * (x.ndim - 1))
-    rewards, _ = model.imagine(params, key, jax.tree.map(tile, start_state), tile(actions), weights)
-    return rewards.reshape(groups, *actions.shape[:2])
+    return imagine_under_samples(model, params, key, start_state, actions, key_weights, weight_samples)[0]
 
 
 def calibration_table(means: np.ndarray, truth: np.ndarray, reward_std: float = 1.0,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bayes_planet.world_model import WorldModel, pixels_to_uint8, preprocess_pixels
+from bayes_planet.world_model import WorldModel, imagine_under_samples, pixels_to_uint8, preprocess_pixels
 
 
 class OpenLoop(NamedTuple):
@@ -68,18 +68,17 @@ def _open_loop(model, params, key, observation, action, reward, context, weight_
     filtered_images, filtered_rewards = model.decode(params, posts), model.reward(params, posts)
     future = action[:, context:]
 
-    def rollout(weights, groups):
-        tile = lambda x: jnp.tile(x, (groups,) + (1,) * (x.ndim - 1))
-        rewards, priors = model.imagine(params, key_imagine, jax.tree.map(tile, start), tile(future), weights)
-        images = model.decode(params, priors)
-        images = jnp.concatenate([jnp.tile(filtered_images, (groups,) + (1,) * 4), images], 1)
-        rewards = jnp.concatenate([jnp.tile(filtered_rewards, (groups, 1)), rewards], 1)
-        return images.reshape(groups, batch, *images.shape[1:]), rewards.reshape(groups, batch, length)
+    def rollout(samples):
+        rewards, priors = imagine_under_samples(model, params, key_imagine, start, future, key_weights, samples)
+        groups = rewards.shape[0]
+        images = jnp.concatenate([jnp.broadcast_to(filtered_images, (groups, *filtered_images.shape)),
+                                  model.decode(params, priors)], 2)
+        rewards = jnp.concatenate([jnp.broadcast_to(filtered_rewards, (groups, *filtered_rewards.shape)), rewards], 2)
+        return images, rewards  # [groups, B, T, ...], [groups, B, T]
 
-    images, rewards = rollout(model.mean_weights(params), 1)
+    images, rewards = rollout(0)
     if weight_samples:
-        sample_images, sample_rewards = rollout(model.sample_weights(params, key_weights, weight_samples),
-                                                weight_samples)
+        sample_images, sample_rewards = rollout(weight_samples)
     else:
         sample_images, sample_rewards = images[:0], rewards[:0]
     truth = preprocess_pixels(observation, None, model.config.image_bits)

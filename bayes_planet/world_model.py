@@ -289,6 +289,27 @@ class WorldModel:
         return self._fns.apply.predict_reward(params, None, latents.features)
 
 
+def imagine_under_samples(model, params: hk.Params, key: jax.Array, state: RSSMState, actions: jax.Array,
+                          weights_key: jax.Array | None, samples: int,
+                          constrain: Callable[[jax.Array], jax.Array] | None = None) -> tuple[jax.Array, RSSMState]:
+    """Roll actions ``[N, H, A]`` out from `state` (``[1, ...]``, broadcast, or ``[N, ...]``) under each of
+    `samples` transition weight samples drawn from `weights_key`, every sample held for all H steps (0: once,
+    under the posterior mean). The one place where rows are laid out as ``K`` contiguous groups of ``N``;
+    `constrain` sees the ``[K * N, H, A]`` actions (e.g. to shard them). Needs only the model's `imagine`,
+    `sample_weights` and `mean_weights`. Returns rewards ``[max(K, 1), N, H]`` and prior states
+    ``[max(K, 1), N, H, ...]``."""
+    groups = max(samples, 1)
+    weights = model.sample_weights(params, weights_key, samples) if samples else model.mean_weights(params)
+    tile = lambda x: jnp.tile(x, (groups,) + (1,) * (x.ndim - 1))
+    if jax.tree.leaves(state) and jax.tree.leaves(state)[0].shape[0] != 1:
+        state = jax.tree.map(tile, state)
+    rows = tile(actions)
+    rows = rows if constrain is None else constrain(rows)
+    rewards, states = model.imagine(params, key, state, rows, weights)
+    regroup = lambda x: x.reshape(groups, actions.shape[0], *x.shape[1:])
+    return regroup(rewards), jax.tree.map(regroup, states)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def filter_sequences(model: WorldModel, params: hk.Params, key: jax.Array, observation: jax.Array,
                      action: jax.Array) -> RSSMState:

@@ -14,6 +14,7 @@ is traceable: the agent jit-compiles filtering, scoring and planning as one func
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from jax.sharding import Mesh
 
 from bayes_planet import parallel
 from bayes_planet.precision import with_matmul_dtype
+from bayes_planet.world_model import imagine_under_samples
 
 ScoreFn = Callable[[jax.Array, Any, jax.Array], jax.Array]
 
@@ -59,18 +61,12 @@ def world_model_scorer(model, params, weights_key: jax.Array | None, objective: 
     Thompson sampling per episode). With a `mesh` the ``K x N`` rollouts are split over its devices.
     `matmul_dtype` "bfloat16" runs the rollouts' matmuls on bfloat16 inputs (`precision.with_matmul_dtype`).
     """
-    imagine = with_matmul_dtype(model.imagine, matmul_dtype)
+    rollouts = with_matmul_dtype(functools.partial(imagine_under_samples, model, samples=weight_samples,
+                                                   constrain=functools.partial(parallel.constrain_rows, mesh=mesh)),
+                                 matmul_dtype)
 
     def score(key: jax.Array, state: Any, actions: jax.Array) -> jax.Array:
-        count = actions.shape[0]
-        if weight_samples == 0:
-            weights, samples = model.mean_weights(params), 1
-        else:
-            weights, samples = model.sample_weights(params, weights_key, weight_samples), weight_samples
-        # rows form K contiguous groups of all candidates; group k is rolled out with weight sample k
-        rows = parallel.constrain_rows(jnp.tile(actions, (samples, 1, 1)), mesh)
-        rewards, _ = imagine(params, key, state, rows, weights)
-        returns = jnp.sum(rewards, axis=-1).reshape(samples, count).T
-        return objective(returns)
+        rewards, _ = rollouts(params, key, state, actions, weights_key if weight_samples else None)
+        return objective(jnp.sum(rewards, axis=-1).T)  # returns [N, K]
 
     return score
