@@ -157,8 +157,12 @@ def test_a_finished_run_is_extended_and_only_safe_options_change_on_resume(tmp_p
     assert f"episode 3  env steps {3 * EPISODE_ENV_STEPS}" in out, "--no-progress still prints a line per episode"
     assert main(["train", "--logdir", logdir, "--no-progress", "--set", "model.deter_size=32"]) == 2
     assert "model.deter_size: 16 -> 32 cannot change" in capsys.readouterr().err
+    leftovers = [os.path.join(logdir, folder, ".tmp-0123456789ab.partial") for folder in ("openloop", "videos")]
+    for path in leftovers:  # what a kill while writing a GIF or video leaves
+        open(path, "wb").write(b"half a video")
     assert main(["train", "--logdir", logdir, "--no-progress", "--set", f"train.env_steps={4 * EPISODE_ENV_STEPS}",
                  "--set", "planner.objective=optimistic"]) == 0
+    assert not any(map(os.path.exists, leftovers)), "temporary files in the report folders are cleaned up"
     assert "this run is finished" not in capsys.readouterr().out
     assert [r["step"] for r in _records(logdir, "eval")] == [3 * EPISODE_ENV_STEPS, 4 * EPISODE_ENV_STEPS]
     assert len(_records(logdir, "calibration")) == 2, "the final reports are written again for the extended run"
