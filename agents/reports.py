@@ -159,12 +159,12 @@ def calibration_report(run, episodes: list[dict], horizon: int = 12, weight_samp
     length = min(len(e["action"]) for e in episodes)
     stack = lambda name: np.stack([e[name][:length] for e in episodes])
     k = report_weight_samples(run, weight_samples)
-    means, truth = calibration.open_loop_reward_samples(
+    means, stds, truth = calibration.open_loop_reward_samples(
         run.model, run.params, jax.random.PRNGKey(run.config.seed), stack("observation"),
         stack("action"), stack("reward"), horizon, k, latent_samples, stride)
-    table = calibration.calibration_table(means, truth)
+    table = calibration.calibration_table(means, truth, stds)
     table.update(weight_samples=k, latent_samples=latent_samples, predictions=int(truth.size),
-                 transition=run.config.model.transition,
+                 transition=run.config.model.transition, reward_noise=run.config.model.reward_noise,
                  verdict_50=calibration.verdict(float(np.mean(table["coverage_50"])), 0.5),
                  verdict_90=calibration.verdict(float(np.mean(table["coverage_90"])), 0.9))
     return table
@@ -174,7 +174,8 @@ def format_calibration_table(tables: dict[str, dict]) -> str:
     """Text table, one block per run: NLL and 50% / 90% coverage per horizon step."""
     lines = []
     for run, table in tables.items():
-        lines.append(f"{run} ({table['transition']}, K={table['weight_samples']} weight x "
+        lines.append(f"{run} ({table['transition']}, reward noise {table.get('reward_noise', 'fixed')} with mean "
+                     f"std {table['reward_std']:.3g}, K={table['weight_samples']} weight x "
                      f"{table['latent_samples']} latent samples, {table['predictions']} predictions): "
                      f"50% intervals {table['verdict_50']}, 90% intervals {table['verdict_90']}")
         lines.append(f"  {'horizon':>7} {'NLL':>8} {'cover 50%':>10} {'cover 90%':>10}")

@@ -79,20 +79,23 @@ def is_finished(run: RunSpec) -> bool:
     return os.path.exists(path) and bool(load_checkpoint(path, False, subtree="finished"))
 
 
-def train_one(command: Sequence[str], log: str) -> int:
-    """Run one training command with its output appended to `log`; returns its exit status."""
+def train_one(command: Sequence[str], log: str) -> tuple[int, float]:
+    """Run one training command with its output appended to `log`; returns its exit status and its wall time
+    in seconds (from its own start, not from when it was queued)."""
     os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+    start = time.perf_counter()
     with open(log, "a") as handle:
         handle.write(f"\n$ {' '.join(command)}\n")
         handle.flush()
-        return subprocess.run(list(command), stdout=handle, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(list(command), stdout=handle, stderr=subprocess.STDOUT).returncode
+    return status, time.perf_counter() - start
 
 
 def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None = None,
              say: Callable[[str], None] = print, progress: bool = True) -> dict[str, list[RunSpec]]:
     """Train every unfinished run of `runs`, `workers` at a time (or through `submit(command, log)`, which
-    returns a future, e.g. `ray_submitter`); returns the runs by outcome: finished before, finished now,
-    failed (nonzero exit)."""
+    returns a future of `train_one`'s result, e.g. `ray_submitter`); returns the runs by outcome: finished
+    before, finished now, failed (nonzero exit)."""
     from tqdm import tqdm
 
     outcome: dict[str, list[RunSpec]] = {"skipped": [], "finished": [], "failed": []}
@@ -104,15 +107,15 @@ def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None 
         futures = {}
         for run in todo:
             future = submit(run.command, run.log) if submit else pool.submit(train_one, run.command, run.log)
-            futures[future] = (run, time.perf_counter())
-            say(f"start  {run.name}  (log: {run.log})")
+            futures[future] = run
+            say(f"queued {run.name}  (log: {run.log})")
         for future in as_completed(futures):
-            run, start = futures[future]
+            run = futures[future]
             try:
-                status = future.result()
+                status, seconds = future.result()
             except Exception as error:  # a worker that died: the run failed, the others go on
-                status = f"{type(error).__name__}: {error}"
-            minutes = (time.perf_counter() - start) / 60
+                status, seconds = f"{type(error).__name__}: {error}", 0.0
+            minutes = seconds / 60
             if status == 0:
                 outcome["finished"].append(run)
                 say(f"done   {run.name}  ({minutes:.1f} min)")

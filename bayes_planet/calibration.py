@@ -1,8 +1,9 @@
 """Is the model's uncertainty honest? Calibration of open-loop reward predictions.
 
 The predictive distribution of a reward is an equally weighted mixture of Gaussians
-``N(mean_m, reward_std²)``, one component per (weight sample, latent sample) rollout, `reward_std` being the
-reward head's likelihood scale (1: the loss is a unit-variance Gaussian NLL). Scores: the negative
+``N(mean_m, std_m²)``, one component per (weight sample, latent sample) rollout, `std_m` being the reward
+head's likelihood std at that rollout's state (`model.reward_noise`: 1 everywhere for PlaNet's unit-variance
+loss, or learned). Scores: the negative
 log-likelihood, and the coverage of central intervals read from the probability integral transform
 (PIT): a truth lies in the central `level` interval exactly when ``|PIT - 0.5| <= level / 2``.
 """
@@ -20,12 +21,13 @@ from bayes_planet.world_model import filter_sequences, imagine_under_samples
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def mixture_pit(means: np.ndarray, std: float, truth: np.ndarray) -> np.ndarray:
-    """PIT ``[...]`` of `truth` ``[...]`` under the mixture of ``N(means[m], std²)``, means ``[M, ...]``."""
+def mixture_pit(means: np.ndarray, std, truth: np.ndarray) -> np.ndarray:
+    """PIT ``[...]`` of `truth` ``[...]`` under the mixture of ``N(means[m], std[m]²)``, means ``[M, ...]``,
+    std a float or an array broadcasting with `means`."""
     return np.mean(ndtr((np.asarray(truth)[None] - np.asarray(means)) / std), axis=0)
 
 
-def mixture_nll(means: np.ndarray, std: float, truth: np.ndarray) -> np.ndarray:
+def mixture_nll(means: np.ndarray, std, truth: np.ndarray) -> np.ndarray:
     """Negative log-likelihood ``[...]`` of `truth` under the mixture (nats)."""
     z = (np.asarray(truth)[None] - np.asarray(means)) / std
     log_components = -0.5 * z ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
@@ -60,7 +62,8 @@ def open_loop_reward_samples(model, params, key, observation, action, reward, ho
     weight samples (0: the mean weights) x `latent_samples` latent noise draws.
 
     Args: observation ``[B, T, ...]``, action ``[B, T, A]``, reward ``[B, T]``.
-    Returns: means ``[M, S, horizon]`` (M = rollouts per start, S = B x starts) and truth ``[S, horizon]``.
+    Returns: means and likelihood stds ``[M, S, horizon]`` (M = rollouts per start, S = B x starts) and truth
+    ``[S, horizon]``.
     """
     length = action.shape[1]
     starts = np.arange(context, length - horizon + 1, stride)
@@ -72,21 +75,23 @@ def open_loop_reward_samples(model, params, key, observation, action, reward, ho
     index = starts[:, None] + np.arange(horizon)[None]  # [starts, H]
     actions = np.asarray(action)[:, index].reshape(-1, horizon, action.shape[-1])
     truth = np.asarray(reward)[:, index].reshape(-1, horizon)
-    means = [_rollouts(model, params, start_state, actions, key_weights, jax.random.fold_in(key_latent, s),
-                       weight_samples) for s in range(latent_samples)]
-    return np.concatenate([np.asarray(m) for m in means], 0), truth
+    rollouts = [_rollouts(model, params, start_state, actions, key_weights, jax.random.fold_in(key_latent, s),
+                          weight_samples) for s in range(latent_samples)]
+    means, stds = (np.concatenate([np.asarray(r[i]) for r in rollouts], 0) for i in (0, 1))
+    return means, stds, truth
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6))
 def _rollouts(model, params, start_state, actions, key_weights, key, weight_samples):
-    """Predicted rewards ``[max(K, 1), S, H]`` from start states ``[S, ...]`` with actions ``[S, H, A]``."""
-    return imagine_under_samples(model, params, key, start_state, actions, key_weights, weight_samples)[0]
+    """Predicted reward means and likelihood stds ``[max(K, 1), S, H]`` from start states ``[S, ...]`` with
+    actions ``[S, H, A]``."""
+    means, states = imagine_under_samples(model, params, key, start_state, actions, key_weights, weight_samples)
+    return means, model.reward_std(params, states)
 
 
-def calibration_table(means: np.ndarray, truth: np.ndarray, reward_std: float = 1.0,
-                      levels=DEFAULT_LEVELS) -> dict:
+def calibration_table(means: np.ndarray, truth: np.ndarray, reward_std=1.0, levels=DEFAULT_LEVELS) -> dict:
     """Per horizon step h = 1..H: mean NLL, coverage of the central 50% and 90% intervals, and the
-    reliability curve. means ``[M, S, H]``, truth ``[S, H]``."""
+    reliability curve. means ``[M, S, H]``, truth ``[S, H]``, reward_std a float or ``[M, S, H]``."""
     pit = mixture_pit(means, reward_std, truth)  # [S, H]
     nll = mixture_nll(means, reward_std, truth)
     return {
@@ -96,6 +101,6 @@ def calibration_table(means: np.ndarray, truth: np.ndarray, reward_std: float = 
         "coverage_90": [interval_coverage(pit[:, h], 0.9) for h in range(truth.shape[1])],
         "levels": list(levels),
         "reliability": reliability(pit.ravel(), levels).tolist(),
-        "predictive_std": float(np.sqrt(means.var(0).mean() + reward_std ** 2)),
-        "reward_std": reward_std,
+        "predictive_std": float(np.sqrt(means.var(0).mean() + np.mean(np.square(reward_std)))),
+        "reward_std": float(np.mean(reward_std)),
     }

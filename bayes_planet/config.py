@@ -20,7 +20,7 @@ import yaml
 
 from bayes_planet.bayes import LAYER_KINDS
 from bayes_planet.errors import UsageError
-from bayes_planet.networks import CONV_ENGINES
+from bayes_planet.networks import CONV_ENGINES, REWARD_NOISE
 from bayes_planet.objectives import OBJECTIVES
 from bayes_planet.precision import MATMUL_DTYPES
 from bayes_planet.world_model import FREE_NATS_SIDES, TRAIN_WEIGHTS, ModelConfig
@@ -118,6 +118,7 @@ CHOICES = {
     "model.transition": LAYER_KINDS,
     "model.train_weights": TRAIN_WEIGHTS,
     "model.free_nats_side": FREE_NATS_SIDES,
+    "model.reward_noise": REWARD_NOISE,
     "planner.objective": OBJECTIVES,
     "planner.thompson_every": ("plan", "episode"),
     "planner.matmul_dtype": MATMUL_DTYPES,
@@ -133,6 +134,7 @@ RANGES = {
     "model.dropout_rate": (0.0, 0.99),
     "model.prior_std": (1e-6, None),
     "model.posterior_std_init": (1e-6, None),
+    "model.reward_std": (1e-6, None),
     "planner.weight_samples": (0, None),
     "planner.alpha": (1e-6, 1.0),
     "train.warmup_steps": (0, None),
@@ -207,7 +209,11 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
 
 def from_dict(values: Mapping[str, Any]) -> Config:
     """A validated `Config` from a nested dict; missing keys take their defaults."""
-    return _build(Config, values)
+    config = _build(Config, values)
+    if not config.model.reward_std > config.model.reward_min_std:
+        _fail(f"config key 'model.reward_std' ({config.model.reward_std}) must be above 'model.reward_min_std' "
+              f"({config.model.reward_min_std}), the lower bound of a trainable reward std")
+    return config
 
 
 def _merge(base: dict, update: Mapping[str, Any]) -> dict:

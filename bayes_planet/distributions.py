@@ -42,3 +42,9 @@ def unit_gaussian_nll(value: jax.Array, mean: jax.Array, event_ndims: int) -> ja
     half the squared error summed over the last `event_ndims` axes, in nats."""
     axes = tuple(range(-event_ndims, 0)) if event_ndims else ()
     return 0.5 * jnp.sum(jnp.square(value - mean), axis=axes)
+
+
+def gaussian_nll(value: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """Negative log density ``[...]`` of a Gaussian per entry without its constant (0.5 log 2 pi), in nats:
+    ``0.5 ((value - mean) / std)^2 + log std``. With ``std = 1`` it equals ``unit_gaussian_nll(..., 0)``."""
+    return 0.5 * jnp.square((value - mean) / std) + jnp.log(std)

@@ -377,9 +377,44 @@ class MLP(hk.Module):
         return x
 
 
-def reward_head(hidden: int = 300, layers: int = 3, name: str = "reward") -> MLP:
-    """PlaNet's reward model: `layers` ReLU layers of `hidden` units, then a scalar (call and squeeze)."""
-    return MLP((hidden,) * layers + (1,), name=name)
+REWARD_NOISE = ("fixed", "learned", "predicted")
+
+
+class RewardHead(MLP):
+    """PlaNet's reward model with a Gaussian likelihood: `layers` ReLU layers of `hidden` units, then the mean.
+
+    ``[..., F] -> (mean [...], std [...])``. The likelihood's std (`noise`, one of `REWARD_NOISE`):
+      "fixed": `std` everywhere (PlaNet: 1, a unit-variance Gaussian);
+      "learned": one trainable scalar, `std` at initialization;
+      "predicted": a second output of the last layer, per state (`std` when that output is zero).
+    Trainable stds are ``min_std + softplus(raw)``, so never below `min_std`. With "fixed" the parameters
+    are exactly PlaNet's head (``reward/~/dense0...``), so checkpoints of either kind load.
+    """
+
+    def __init__(self, hidden: int = 300, layers: int = 3, noise: str = "fixed", std: float = 1.0,
+                 min_std: float = 0.01, name: str = "reward"):
+        if noise not in REWARD_NOISE:
+            raise ValueError(f"model.reward_noise must be one of {REWARD_NOISE}, got {noise!r}")
+        if not std > min_std >= 0:
+            raise ValueError(f"model.reward_std ({std}) must be above model.reward_min_std ({min_std}) >= 0")
+        super().__init__((hidden,) * layers + (2 if noise == "predicted" else 1,), name=name)
+        self.noise, self.std, self.min_std = noise, std, min_std
+
+    def __call__(self, features: jax.Array) -> tuple[jax.Array, jax.Array]:
+        outputs = super().__call__(features)
+        mean = outputs[..., 0]
+        if self.noise == "fixed":
+            return mean, jnp.full_like(mean, self.std)
+        offset = inverse_softplus(self.std - self.min_std)
+        if self.noise == "learned":
+            raw = hk.get_parameter("std_raw", (), mean.dtype, hk.initializers.Constant(offset))
+            return mean, jnp.broadcast_to(self.min_std + jax.nn.softplus(raw), mean.shape)
+        return mean, self.min_std + jax.nn.softplus(outputs[..., 1] + offset)
+
+
+def inverse_softplus(y: float) -> float:
+    """x with ``softplus(x) = y`` for y > 0 (float, for initializers)."""
+    return float(y + np.log(-np.expm1(-y)))
 
 
 def vector_encoder(hidden: int = 300, embed_size: int = 300, layers: int = 2, name: str = "encoder") -> MLP:

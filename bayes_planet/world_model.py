@@ -21,8 +21,8 @@ from jax.sharding import Mesh
 
 from bayes_planet import bayes, parallel
 from bayes_planet.bayes import Weights
-from bayes_planet.distributions import DiagGaussian, unit_gaussian_nll
-from bayes_planet.networks import ConvDecoder, ConvEncoder, reward_head, vector_decoder, vector_encoder
+from bayes_planet.distributions import DiagGaussian, gaussian_nll, unit_gaussian_nll
+from bayes_planet.networks import REWARD_NOISE, ConvDecoder, ConvEncoder, RewardHead, vector_decoder, vector_encoder
 from bayes_planet.rssm import RSSM, RSSMState, zero_state
 
 PIXEL_SHAPE = (64, 64, 3)
@@ -47,6 +47,11 @@ class ModelConfig:
       steady climb of their posterior std toward the N(0, prior_std^2) prior (0.01 -> 0.3 in 2000 updates
       of the quickstart model, 0.78 after a 100k-step run), and imagination under sampled weights became
       noise (issue 17; `bench/imagination.py` measures it).
+    reward_noise: the reward likelihood's std: "fixed" (`reward_std` everywhere; PlaNet's unit variance
+      with the default 1.0), "learned" (one trainable scalar starting at `reward_std`) or "predicted" (per
+      state, a second output of the reward head). Trainable stds stay above `reward_min_std`. With PlaNet's
+      unit variance the calibration report can only call a small-reward task underconfident (cheetah's
+      rewards are 0 to 0.6); a trainable std lets the intervals mean something (issue 20).
     free_nats_side: which side of the latent KL free nats switch off at steps whose KL is below
       `free_nats`: "both" (PlaNet: neither distribution gets a gradient there) or "posterior" (the
       posterior is not pulled toward the prior there, but the prior always learns to predict the posterior;
@@ -65,6 +70,9 @@ class ModelConfig:
     min_std: float = 0.1
     reward_hidden: int = 300
     reward_layers: int = 3
+    reward_noise: str = "fixed"
+    reward_std: float = 1.0
+    reward_min_std: float = 0.01
     transition: str = "reparameterization"
     prior_std: float = 1.0
     posterior_std_init: float = 0.01
@@ -131,6 +139,7 @@ class ModelFunctions(NamedTuple):
     imagine: Callable
     decode: Callable
     predict_reward: Callable
+    reward_std: Callable
 
 
 class WorldModel:
@@ -149,6 +158,11 @@ class WorldModel:
             raise ValueError(f"model.free_nats_side must be one of {FREE_NATS_SIDES}, got {config.free_nats_side!r}")
         if config.train_weights not in TRAIN_WEIGHTS:
             raise ValueError(f"model.train_weights must be one of {TRAIN_WEIGHTS}, got {config.train_weights!r}")
+        if config.reward_noise not in REWARD_NOISE:
+            raise ValueError(f"model.reward_noise must be one of {REWARD_NOISE}, got {config.reward_noise!r}")
+        if not config.reward_std > config.reward_min_std >= 0:
+            raise ValueError(f"model.reward_std ({config.reward_std}) must be above model.reward_min_std "
+                             f"({config.reward_min_std})")
         self.config, self.action_dim, self.obs_shape = config, action_dim, tuple(obs_shape)
         self._obs_ndim = len(self.obs_shape)
         self._fns = hk.multi_transform(self._build)  # ._fns.apply is a ModelFunctions of apply functions
@@ -164,17 +178,18 @@ class WorldModel:
             encoder = vector_encoder(c.state_embed_size, c.state_embed_size)
             decoder = vector_decoder(self.obs_shape[0], c.state_embed_size)
             observation_nll = lambda features, target: unit_gaussian_nll(target, decoder(features), 1)
-        reward = reward_head(c.reward_hidden, c.reward_layers)
+        reward = RewardHead(c.reward_hidden, c.reward_layers, c.reward_noise, c.reward_std, c.reward_min_std)
         rssm = RSSM(c.deter_size, c.stoch_size, c.hidden_size, c.min_std, c.transition,
                     c.posterior_std_init, c.dropout_rate)
-        predict_reward = lambda features: reward(features)[..., 0]
+        predict_reward = lambda features: reward(features)[0]
+        reward_std = lambda features: reward(features)[1]
 
         def loss(observation, action, reward_target, weights):
             posts, priors = rssm.observe(zero_state(action.shape[0], c.deter_size, c.stoch_size),
                                          action, encoder(observation), weights)
             features = posts.features
             obs_nll = observation_nll(features, observation)
-            reward_nll = unit_gaussian_nll(reward_target, predict_reward(features), 0)
+            reward_nll = gaussian_nll(reward_target, *reward(features))
             kl = posts.distribution.kl(priors.distribution)
             terms = {
                 "image_loss": jnp.mean(obs_nll),
@@ -203,7 +218,8 @@ class WorldModel:
         def decode(features):
             return decoder(features)
 
-        return init, ModelFunctions(loss, observe_step, observe_sequence, imagine, decode, predict_reward)
+        return init, ModelFunctions(loss, observe_step, observe_sequence, imagine, decode, predict_reward,
+                                    reward_std)
 
     def _preprocess(self, observation, key):
         if self.config.observation == "pixels":
@@ -287,6 +303,10 @@ class WorldModel:
     def reward(self, params: hk.Params, latents: RSSMState) -> jax.Array:
         """Mean predicted reward ``[...]`` of latent states."""
         return self._fns.apply.predict_reward(params, None, latents.features)
+
+    def reward_std(self, params: hk.Params, latents: RSSMState) -> jax.Array:
+        """Std ``[...]`` of the reward likelihood at latent states (`model.reward_noise`; 1 for PlaNet's)."""
+        return self._fns.apply.reward_std(params, None, latents.features)
 
 
 def imagine_under_samples(model, params: hk.Params, key: jax.Array, state: RSSMState, actions: jax.Array,
