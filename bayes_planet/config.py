@@ -22,6 +22,7 @@ from bayes_planet.bayes import LAYER_KINDS
 from bayes_planet.errors import UsageError
 from bayes_planet.networks import CONV_ENGINES, REWARD_NOISE
 from bayes_planet.objectives import OBJECTIVES
+from bayes_planet.planners import base as planners_base
 from bayes_planet.precision import MATMUL_DTYPES
 from bayes_planet.world_model import FREE_NATS_SIDES, TRAIN_WEIGHTS, ModelConfig
 
@@ -51,10 +52,10 @@ class PlannerConfig:
     CPU with AVX512-BF16, maybe slower on one without; see `bayes_planet.precision`)."""
 
     name: str = "cem"
-    horizon: int = 12
-    iterations: int = 10
-    candidates: int = 1000
-    top_k: int = 100
+    horizon: int = planners_base.HORIZON
+    iterations: int = planners_base.ITERATIONS
+    candidates: int = planners_base.CANDIDATES
+    top_k: int = planners_base.TOP_K
     warm_start: bool = False
     objective: str = "mean"
     weight_samples: int = 4

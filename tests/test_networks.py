@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 
 from bayes_planet.distributions import unit_gaussian_nll
-from bayes_planet.networks import (
-    ConvDecoder,
-    ConvEncoder,
+from bayes_planet.matmul_conv import (
     conv2d_stride2,
     conv2d_transpose_stride2,
     depth_to_space,
@@ -18,6 +16,7 @@ from bayes_planet.networks import (
     space_to_depth,
     transposed_conv_form,
 )
+from bayes_planet.networks import ConvDecoder, ConvEncoder
 
 RNG = np.random.default_rng(0)
 

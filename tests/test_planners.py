@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from bayes_planet import bayes, objectives
 from bayes_planet.objectives import make_objective
-from bayes_planet.planners import CEM, MPPI, RandomShooting, world_model_scorer
+from bayes_planet.planners import CEM, MPPI, PLANNERS, RandomShooting, world_model_scorer
 from bayes_planet.world_model import WorldModel
 
 KEY = jax.random.PRNGKey(0)
@@ -149,3 +149,13 @@ def test_mppi_improves_its_world_models_score_over_the_initial_plan():
         _, plan = plan_fn(jax.random.PRNGKey(10 + seed), state, start)
         shifted = jnp.concatenate([start[1:], jnp.zeros((1, 2))])  # MPPI's starting mean
         assert float(expected_return(plan)) > float(expected_return(shifted)), seed
+
+
+@pytest.mark.parametrize("name", sorted(PLANNERS))
+def test_a_default_config_builds_each_built_in_planner_with_its_own_defaults(name):
+    """The common options' defaults live once (`planners.base`): the config and every planner agree."""
+    from bayes_planet.agents.agent import make_planner
+
+    from bayes_planet.config import load_config
+
+    assert make_planner(load_config(None, [f"planner.name={name}"])) == PLANNERS[name]()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from bayes_planet.networks import matmul_rows
+from bayes_planet.matmul_conv import matmul_rows
 from bayes_planet.objectives import make_objective
 from bayes_planet.planners import CEM, world_model_scorer
 from bayes_planet.precision import with_matmul_dtype

@@ -40,13 +40,13 @@ def data(noise_std, count=20000, seed=0):
     return features, (mean + rng.normal(size=count) * noise_std(features)).astype(np.float32)
 
 
-def test_a_learned_std_recovers_known_noise_within_ten_percent():
-    for true_std in (0.05, 0.3):
-        features, rewards = data(lambda f: true_std)
-        apply, params = fit_reward_head("learned", features, rewards)
-        _, std = apply(params, features)
-        assert std.shape == rewards.shape and np.ptp(np.asarray(std)) == 0  # one scalar
-        assert abs(float(std[0]) / true_std - 1) < 0.1, (true_std, float(std[0]))
+@pytest.mark.parametrize("true_std", [0.05, 0.3])
+def test_a_learned_std_recovers_known_noise_within_ten_percent(true_std):
+    features, rewards = data(lambda f: true_std)
+    apply, params = fit_reward_head("learned", features, rewards)
+    _, std = apply(params, features)
+    assert std.shape == rewards.shape and np.ptp(np.asarray(std)) == 0  # one scalar
+    assert abs(float(std[0]) / true_std - 1) < 0.1, (true_std, float(std[0]))
 
 
 def test_a_predicted_std_follows_noise_that_depends_on_the_state():

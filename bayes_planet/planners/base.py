@@ -28,6 +28,10 @@ from bayes_planet.world_model import imagine_under_samples
 
 ScoreFn = Callable[[jax.Array, Any, jax.Array], jax.Array]
 
+# PlaNet's planning budget: the one place the common options' defaults live (the built-in planners' fields
+# and `config.PlannerConfig` take them from here)
+HORIZON, ITERATIONS, CANDIDATES, TOP_K = 12, 10, 1000, 100
+
 
 class Planner(Protocol):
     """What the agent needs of a planner: its `horizon` and the number of `candidates` it scores per call

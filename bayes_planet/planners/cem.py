@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from bayes_planet.planners import base
 from bayes_planet.planners.base import ScoreFn, check_sizes
 
 
@@ -17,10 +18,10 @@ class CEM:
     action of the final mean. The Gaussian starts at N(0, I), or with `warm_start` at the previous plan
     shifted by one step. One traceable call: `lax.fori_loop` over iterations, candidates batched."""
 
-    horizon: int = 12
-    iterations: int = 10
-    candidates: int = 1000
-    top_k: int = 100
+    horizon: int = base.HORIZON
+    iterations: int = base.ITERATIONS
+    candidates: int = base.CANDIDATES
+    top_k: int = base.TOP_K
     warm_start: bool = False
 
     def __post_init__(self):

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from bayes_planet.planners import base
 from bayes_planet.planners.base import ScoreFn, check_sizes
 
 
@@ -19,9 +20,9 @@ class MPPI:
     (`temperature` in units of the scores' spread: small is greedy, large averages everything). The mean
     starts at the previous plan shifted by one step (MPPI's usual warm start)."""
 
-    horizon: int = 12
-    iterations: int = 10
-    candidates: int = 1000
+    horizon: int = base.HORIZON
+    iterations: int = base.ITERATIONS
+    candidates: int = base.CANDIDATES
     temperature: float = 0.5
     noise_std: float = 0.5
 

@@ -7,6 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from bayes_planet.planners import base
 from bayes_planet.planners.base import ScoreFn, check_sizes
 
 
@@ -15,8 +16,8 @@ class RandomShooting:
     """Score `candidates` sequences drawn uniformly from ``[-1, 1]^(horizon x A)`` and act with the first
     action of the best one (which is also the returned plan)."""
 
-    horizon: int = 12
-    candidates: int = 1000
+    horizon: int = base.HORIZON
+    candidates: int = base.CANDIDATES
 
     def __post_init__(self):
         check_sizes(self, ("horizon", "candidates"))
