@@ -26,12 +26,14 @@ BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_p
 @dataclasses.dataclass(frozen=True)
 class Group:
     """The runs of one task and one variant: `evaluations` maps each run's folder to its ``{step: return}``,
-    `weight_kl` to its ``{step: weight KL}`` (from the training records)."""
+    `weight_kl` to its ``{step: weight KL}`` (from the training records), `minutes` to its training wall
+    time (the ``time`` record a finished run writes; runs without one are left out)."""
 
     task: str
     variant: str
     evaluations: dict[str, dict[int, float]]
     weight_kl: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    minutes: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def last_step(self) -> int:
         """The last env step at which every run of the group was evaluated (0 if none)."""
@@ -61,9 +63,11 @@ def find_groups(folder: str) -> list[Group]:
         returns = {int(r["step"]): float(r["return"]) for r in records if r["kind"] == "eval"}
         weight_kl = {int(r["step"]): float(r["weight_kl"]) for r in records
                      if r["kind"] == "train" and "weight_kl" in r}
-        groups.setdefault((task, variant), {})[root] = (returns, weight_kl)
-    return [Group(task, variant, {run: value[0] for run, value in runs.items()},
-                  {run: value[1] for run, value in runs.items()}) for (task, variant), runs in sorted(groups.items())]
+        totals = [float(r["total"]) / 60 for r in records if r["kind"] == "time" and "total" in r]
+        groups.setdefault((task, variant), {})[root] = (returns, weight_kl, totals[-1] if totals else None)
+    return [Group(task, variant, *({run: value[i] for run, value in runs.items() if value[i] is not None}
+                                   for i in range(3)))
+            for (task, variant), runs in sorted(groups.items())]
 
 
 def summarize(values: Sequence[float]) -> str:
@@ -155,12 +159,14 @@ def plot_curves(groups: Sequence[Group], published_rows: Sequence[dict[str, str]
     save_figure(figure, path)
 
 
-def published(tasks: Iterable[str], path: str = BASELINES) -> list[dict[str, str]]:
-    """Rows of the baselines CSV (method, source, task, env_steps, mean, std) for `tasks` (the part of a
-    group's task before any ``-quickstart``-style suffix is matched too)."""
+def published(tasks: Iterable[str], path: str | None = BASELINES,
+              rows: Sequence[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """Rows of the baselines CSV at `path` (method, source, task, env_steps, mean, std), or of `rows`, for
+    `tasks` (the part of a group's task before any ``-quickstart``-style suffix is matched too)."""
     wanted = set(tasks)
-    with open(path) as handle:
-        rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
+    if rows is None:
+        with open(path) as handle:
+            rows = list(csv.DictReader(line for line in handle if not line.startswith("#")))
     return [row for row in rows if row["task"] in wanted or any(t.startswith(row["task"] + "-") for t in wanted)]
 
 
@@ -172,6 +178,33 @@ def published_table(rows: Sequence[dict[str, str]]) -> str:
         lines.append(f"| {row['task']} | {int(row['env_steps']) // 1000}k | {row['method']} | {row['source']} | "
                      f"{row['mean']}{std} |")
     return "\n".join(lines)
+
+
+def versus_table(groups: Iterable[Group], step: int, published_rows: Sequence[dict[str, str]],
+                 methods: Sequence[str] = ("PlaNet", "Dreamer", "DreamerV3")) -> str:
+    """Markdown: one row per task and variant, ours at env step `step` (mean +- std across seeds) next to
+    each of `methods`' published score at the same env steps (every source, named), the random policy, and
+    our minutes of training per run (mean over the runs that recorded it). The last column says whether
+    ours reaches the first listed source of the first method (PlaNet's row, by default)."""
+    header = ["task", "variant", f"ours at {step // 1000}k", *methods, "random", "minutes per run",
+              f"reaches {methods[0]}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in groups:
+        rows = published([group.task], path=None, rows=published_rows)
+        cells = {method: "; ".join(_published_cell(r) for r in rows if r["method"] == method
+                                   and int(r["env_steps"]) == step) or "-" for method in methods}
+        random_rows = [r for r in rows if r["method"] == "random"]
+        ours, floor = group.at(step), [r for r in rows if r["method"] == methods[0] and int(r["env_steps"]) == step]
+        reaches = "-" if not (ours and floor) else ("yes" if np.mean(ours) >= float(floor[0]["mean"]) else "no")
+        minutes = f"{np.mean(list(group.minutes.values())):.0f}" if group.minutes else "-"
+        lines.append(f"| {group.task} | {group.variant} | {summarize(ours)} | "
+                     + " | ".join(cells[m] for m in methods)
+                     + f" | {_published_cell(random_rows[0]) if random_rows else '-'} | {minutes} | {reaches} |")
+    return "\n".join(lines)
+
+
+def _published_cell(row: dict[str, str]) -> str:
+    return f"{row['mean']}{' +- ' + row['std'] if row['std'] else ''} ({row['source']})"
 
 
 def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000.0, reps: int = 2000,
@@ -211,4 +244,4 @@ def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000
 
 
 __all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "published", "published_table", "results_rows",
-           "results_table", "summarize"]
+           "results_table", "summarize", "versus_table"]

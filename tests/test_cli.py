@@ -46,7 +46,10 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_pa
     assert "| cartpole-swingup | 100k | PlaNet | curl2020 | 297 +- 39 |" in out
     out_dir = str(tmp_path / "compare")
     assert main(["compare", folder, "--steps", "65000", "--aggregate", "65000", "--out", out_dir]) == 0
-    assert "| reparameterization | 3 x 1 | 0.230 [0.143, 0.275] |" in capsys.readouterr().out  # rliable's IQM
+    printed = capsys.readouterr().out
+    assert "| reparameterization | 3 x 1 | 0.230 [0.143, 0.275] |" in printed  # rliable's IQM
+    # the versus table: the deterministic cheetah quickstart's `time` record gives its minutes
+    assert "| cheetah-run-quickstart | deterministic | - | - | - | - | 13.1 +- 4.7 (random) | 14 | - |" in printed
     with open(os.path.join(out_dir, "results.csv")) as handle:
         rows = {(r["task"], r["variant"]): r for r in csv.DictReader(handle)}
     bayes = rows[("cartpole-swingup", "reparameterization")]
@@ -54,6 +57,20 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_pa
     assert os.path.getsize(os.path.join(out_dir, "curves.png")) > 10_000
     assert "bayes-planet compare" in open(os.path.join(out_dir, "results.md")).read()
     assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run
+
+
+def test_the_versus_table_puts_ours_next_to_every_published_source_at_the_same_steps():
+    from bayes_planet.agents.compare import Group, published, versus_table
+
+    group = Group("cartpole-swingup", "small", {"a": {100_000: 310.0}, "b": {100_000: 290.0}},
+                  minutes={"a": 20.0, "b": 22.0})
+    table = versus_table([group], 100_000, published(["cartpole-swingup"]))
+    assert table.splitlines()[2] == ("| cartpole-swingup | small | 300 +- 14 (2) | 297 +- 39 (curl2020); 303 +- 71 "
+                                     "(drq2021) | 326 +- 27 (curl2020) | 550 (dreamerv3) | 126.4 +- 56.3 (random) | "
+                                     "21 | yes |")
+    below = Group("cartpole-swingup", "small", {"a": {100_000: 250.0}})
+    assert table.splitlines()[:2] == versus_table([below], 100_000, published(["cartpole-swingup"])).splitlines()[:2]
+    assert versus_table([below], 100_000, published(["cartpole-swingup"])).endswith("| - | no |")
 
 
 def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsys):
