@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
 
@@ -57,6 +58,18 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_pa
     assert os.path.getsize(os.path.join(out_dir, "curves.png")) > 10_000
     assert "bayes-planet compare" in open(os.path.join(out_dir, "results.md")).read()
     assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run
+
+
+def test_the_aggregate_table_gives_rliables_iqm_of_normalized_scores():
+    from bayes_planet.agents.compare import Group, aggregate_table
+    from rliable import metrics
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0, 900, size=(5, 3))  # [seeds, tasks]
+    groups = [Group(f"task-{t}", "v", {f"s{s}": {100_000: float(scores[s, t])} for s in range(5)}) for t in range(3)]
+    row = aggregate_table(groups, 100_000, reps=200).splitlines()[2]
+    assert row.startswith(f"| v | 5 x 3 | {metrics.aggregate_iqm(scores / 1000):.3f} [")
+    assert f"| {metrics.aggregate_median(scores / 1000):.3f} [" in row
 
 
 def test_the_versus_table_puts_ours_next_to_every_published_source_at_the_same_steps():
