@@ -105,10 +105,17 @@ def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
             tqdm(total=len(runs), initial=len(outcome["skipped"]), desc="sweep", disable=not progress) as bar:
         futures = {}
+        def start_and_train(run: RunSpec):
+            say(f"start  {run.name}  (log: {run.log})")
+            return train_one(run.command, run.log)
+
         for run in todo:
-            future = submit(run.command, run.log) if submit else pool.submit(train_one, run.command, run.log)
+            if submit:  # the cluster starts it when it has room
+                future = submit(run.command, run.log)
+                say(f"queued {run.name}  (log: {run.log})")
+            else:
+                future = pool.submit(start_and_train, run)
             futures[future] = run
-            say(f"queued {run.name}  (log: {run.log})")
         for future in as_completed(futures):
             run = futures[future]
             try:

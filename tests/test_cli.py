@@ -103,6 +103,7 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
     printed = capsys.readouterr().out
     assert "0 finished before, 2 finished now, 2 failed" in printed
     assert "failed: cartpole-swingup/broken/seed-1" in printed
+    assert "start  cartpole-swingup/mean/seed-0" in printed and "done   cartpole-swingup/mean/seed-0" in printed
     for seed in (0, 1):
         run = os.path.join(out, "cartpole-swingup", "mean", f"seed-{seed}")
         assert load_checkpoint(os.path.join(run, "checkpoint.npz"))["finished"]
