@@ -124,9 +124,10 @@ def _probe(args: argparse.Namespace) -> int:
     from bayes_planet.agents.reports import format_probe_table, probe_report, write_probe_report
     from bayes_planet.agents.run import load_run
 
-    _positive(args, "episodes", "test_episodes", "context", "horizon")
+    _positive(args, "episodes", "fit_episodes", "context", "horizon")
     run = load_run(args.logdir)
-    rows, scatter = probe_report(run, run.episodes(args.episodes), args.test_episodes, args.context, args.horizon)
+    rows, scatter = probe_report(run, run.training_episodes(args.fit_episodes), run.episodes(args.episodes),
+                                 args.context, args.horizon)
     print(format_probe_table(rows))
     for kind, path in write_probe_report(rows, scatter, os.path.join(args.logdir, "probes")).items():
         print(f"{kind}: {path}")
@@ -287,8 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "trained model and a randomly initialized control; held-out R² per target. Writes "
                     "<logdir>/probes/probes.{json,csv} and probes_scatter.png.")
     probe.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
-    probe.add_argument("--episodes", type=int, default=6, help="agent episodes in all (default 6)")
-    probe.add_argument("--test-episodes", type=int, default=2, help="of which held out from the probe fit (default 2)")
+    probe.add_argument("--episodes", type=int, default=6,
+                       help="evaluation episodes to test the probes on: the run's held-out ones, topped up with "
+                            "new ones in memory (default 6)")
+    probe.add_argument("--fit-episodes", type=int, default=15,
+                       help="the replay's latest training episodes to fit the probes on (default 15)")
     probe.add_argument("--context", type=int, default=5, help="filtered frames before open-loop features")
     probe.add_argument("--horizon", type=int, default=45, help="imagined steps per open-loop window")
     probe.add_argument("--no-progress", action="store_true", help="no progress bars")

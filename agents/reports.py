@@ -61,15 +61,18 @@ def write_open_loop(run, episodes: list[dict], directory: str, name: str = "open
 
 
 # ------------------------------------------------------------------------------------------ probes
-def probe_report(run, episodes: list[dict], test_episodes: int = 2, context: int = 5,
+def probe_report(run, fit_episodes: list[dict], test_episodes: list[dict], context: int = 5,
                  horizon: int = 45) -> tuple[list[dict], dict]:
-    """Ridge probes from latent features to the true velocities, split by episode (the last `test_episodes`
-    are held out), for the trained model and for a randomly initialized one (the control), with features
-    from posterior filtering and from open-loop imagination. Rows: model, features, target, r2, strength;
-    plus the held-out predictions of the trained model's posterior probe under key ``"scatter"``."""
-    if not 1 <= test_episodes < len(episodes):
-        raise UsageError(f"test_episodes must be in [1, {len(episodes) - 1}] with {len(episodes)} episodes, "
-                         f"got {test_episodes}")
+    """Ridge probes from latent features to the true velocities, fitted on `fit_episodes` (e.g. the replay's
+    training episodes, diverse thanks to exploration noise; the strength chosen by cross-validation over
+    them) and scored on `test_episodes` (e.g. held-out evaluation episodes, never trained on), for the
+    trained model and for a randomly initialized one (the control), with features from posterior filtering
+    and from open-loop imagination. Rows: model, features, target, r2, strength; plus the held-out
+    predictions of the trained model's posterior probe under key ``"scatter"``."""
+    if len(fit_episodes) < 2 or not test_episodes:
+        raise UsageError(f"probes need at least 2 episodes to fit and 1 to test, got {len(fit_episodes)} and "
+                         f"{len(test_episodes)}")
+    episodes = [*fit_episodes, *test_episodes]
     length = min(len(e["action"]) for e in episodes)
     stack = lambda name: np.stack([e[name][:length] for e in episodes])
     observation, action = stack("observation"), stack("action")
@@ -81,10 +84,10 @@ def probe_report(run, episodes: list[dict], test_episodes: int = 2, context: int
     targets, names = np.stack(targets), names[0]  # [E, T, D]
     key = jax.random.PRNGKey(run.config.seed)
     untrained = run.model.init(jax.random.PRNGKey(run.config.seed + 1),
-                                   {"observation": observation[:1, :2], "action": action[:1, :2],
-                                    "reward": stack("reward")[:1, :2]})
+                               {"observation": observation[:1, :2], "action": action[:1, :2],
+                                "reward": stack("reward")[:1, :2]})
     rows, scatter = [], None
-    split = len(episodes) - test_episodes
+    split = len(fit_episodes)
     for model_name, params in (("trained", run.params), ("random init", untrained)):
         features = {"posterior": (probes.posterior_features(run.model, params, key, observation, action),
                                   np.arange(length))}
@@ -98,7 +101,8 @@ def probe_report(run, episodes: list[dict], test_episodes: int = 2, context: int
                                      y[split:].reshape(-1, y.shape[-1]))
             for name, r2 in zip([*names, "overall (mean)"], [*fitted["r2"], fitted["overall"]], strict=True):
                 rows.append({"model": model_name, "features": feature_name, "target": name, "r2": float(r2),
-                             "strength": fitted["strength"]})
+                             "strength": fitted["strength"], "fit_episodes": split,
+                             "test_episodes": len(test_episodes)})
             if model_name == "trained" and feature_name == "posterior":
                 scatter = {"names": list(names), "true": y[split:].reshape(-1, y.shape[-1]),
                            "predicted": fitted["prediction"], "r2": [float(r2) for r2 in fitted["r2"]]}

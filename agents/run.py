@@ -29,6 +29,7 @@ from bayes_planet.world_model import WorldModel
 
 CHECKPOINT_NAME, PICKLED_CHECKPOINT_NAME = "checkpoint.npz", "checkpoint.pkl"
 HELD_OUT = "held_out"
+EPISODES = "episodes"  # the replay
 
 
 def make_env(config: Config, seed: int | None = None):
@@ -88,6 +89,13 @@ class Run:
         if self.logdir is None:
             return []
         return Replay(os.path.join(self.logdir, HELD_OUT), max_in_memory=count, read_only=True).latest(count)
+
+    def training_episodes(self, count: int) -> list[dict[str, np.ndarray]]:
+        """Up to `count` of the latest readable episodes of the replay (collected with exploration noise, and
+        trained on), read-only."""
+        if self.logdir is None:
+            return []
+        return Replay(os.path.join(self.logdir, EPISODES), max_in_memory=count, read_only=True).latest(count)
 
     def evaluate(self, count: int, seed: int = 0, on_step=None) -> list[dict[str, np.ndarray]]:
         """`count` new episodes without exploration noise, kept in memory only. Episode ``i`` of ``seed``

@@ -33,6 +33,7 @@ from bayes_planet.agents.agent import PlanetAgent
 from bayes_planet.agents.rollout import random_policy, run_episode
 from bayes_planet.agents.run import (
     CHECKPOINT_NAME,
+    EPISODES,
     HELD_OUT,
     Run,
     example_batch,
@@ -57,6 +58,7 @@ LOG = logging.getLogger(__name__)
 BATCH_KEYS = ("observation", "action", "reward")
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never share a seed with training episodes
 REPORT_FOLDERS = ("videos", "openloop", "calibration", "probes")
+PROBE_FIT_EPISODES = 15  # the replay's latest, collected with exploration noise: more diverse than evaluations
 # where a run's wall-clock time goes, in seconds: env stepping and rendering (training and random episodes),
 # the agent's planning (training episodes), updates, evaluation episodes, reports and plots, checkpoints
 TIME_PHASES = ("env", "planning", "updates", "evaluation", "reports", "checkpoints")
@@ -207,7 +209,7 @@ class Trainer:
         self.train_step = make_train_step(self.model, self.optimizer, self.mesh, donate=True)
         self._train_step_compiled = False  # compiled ahead of its first call, see `memory.compile_ahead`
         self.agent = PlanetAgent.from_config(self.model, c)
-        self.replay = Replay(os.path.join(logdir, "episodes"), c.train.replay_in_memory or None)
+        self.replay = Replay(os.path.join(logdir, EPISODES), c.train.replay_in_memory or None)
         self.held_out = Replay(os.path.join(logdir, HELD_OUT), max_in_memory=8)
         self.logger = Logger(logdir)
         self.checkpoint_path = os.path.join(logdir, CHECKPOINT_NAME)
@@ -416,8 +418,9 @@ class Trainer:
         return float(np.mean(returns))
 
     def write_final_reports(self, max_episodes: int = 6) -> None:
-        """Reward calibration of the final model on the latest held-out episodes (``calibration/``) and, with
-        at least 3 of them, latent velocity probes (``probes/``); summaries go to metrics.jsonl."""
+        """Reward calibration of the final model on the latest held-out episodes (``calibration/``) and latent
+        velocity probes fitted on the replay's latest `PROBE_FIT_EPISODES` and tested on those held-out
+        episodes (``probes/``); summaries go to metrics.jsonl."""
         from bayes_planet.agents.reports import calibration_report, probe_report, write_calibration, write_probe_report
 
         episodes = self.held_out.latest(max_episodes)
@@ -430,8 +433,9 @@ class Trainer:
             "coverage_50": float(np.mean(table["coverage_50"])), "coverage_90": float(np.mean(table["coverage_90"])),
             "nll": float(np.mean(table["nll"]))})
         self._check_stop()
-        if count >= 3 and any(k in episodes[0] for k in ("velocity", "speed")):
-            rows, scatter = probe_report(self.as_run(), episodes, test_episodes=max(1, count // 3))
+        fit = self.replay.latest(PROBE_FIT_EPISODES)
+        if len(fit) >= 2 and any(k in episodes[0] for k in ("velocity", "speed")):
+            rows, scatter = probe_report(self.as_run(), fit, episodes)
             write_probe_report(rows, scatter, os.path.join(self.logdir, "probes"))
             overall = {f"r2/{r['model']}/{r['features']}".replace(" ", "_"): r["r2"]
                        for r in rows if r["target"] == "overall (mean)"}

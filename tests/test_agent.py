@@ -107,7 +107,7 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     assert frames.shape[0] == 25 and frames.shape[2] == LABEL_WIDTH + 2 * 66  # 5 context + 20 imagined; 2 sequences
     assert frames.shape[1] == HEADER_HEIGHT + 5 * 66  # truth, prediction, error, mean and std over 2 weight samples
 
-    assert main(["probe", *common, "--episodes", "3", "--test-episodes", "1", "--horizon", "20"]) == 0
+    assert main(["probe", *common, "--episodes", "2", "--fit-episodes", "3", "--horizon", "20"]) == 0
     assert len(os.listdir(os.path.join(logdir, "held_out"))) == 1  # topped up in memory, the run left as it was
     with open(os.path.join(logdir, "probes", "probes.json")) as handle:
         rows = json.load(handle)
@@ -115,6 +115,7 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
         (m, f) for m in ("trained", "random init") for f in ("posterior", "open loop")}
     assert {r["target"] for r in rows} == {"slider velocity (m/s)", "hinge_1 angular velocity (rad/s)",
                                            "overall (mean)"}  # cart and pole, named from the physics
+    assert {(r["fit_episodes"], r["test_episodes"]) for r in rows} == {(3, 2)}  # fitted on the replay's
     assert all(np.isfinite(r["r2"]) and r["r2"] <= 1 for r in rows)
     assert "held-out R²" in capsys.readouterr().out
     assert os.path.exists(os.path.join(logdir, "probes", "probes_scatter.png"))
@@ -126,8 +127,8 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     assert all(0 <= c <= 1 for c in table["coverage_50"] + table["coverage_90"])
     assert "cover 90%" in capsys.readouterr().out
 
-    assert main(["probe", *common, "--episodes", "3", "--test-episodes", "3"]) == 2
-    assert "test_episodes must be in [1, 2] with 3 episodes, got 3" in capsys.readouterr().err
+    assert main(["probe", *common, "--fit-episodes", "1", "--episodes", "1"]) == 2
+    assert "probes need at least 2 episodes to fit and 1 to test, got 1 and 1" in capsys.readouterr().err
     assert main(["openloop", "--logdir", os.path.join(logdir, "missing")]) == 2
     assert "holds no run" in capsys.readouterr().err
 
