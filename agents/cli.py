@@ -113,8 +113,8 @@ def _openloop(args: argparse.Namespace) -> int:
     run = load_run(args.logdir)
     if run.config.model.observation != "pixels":
         raise UsageError("open-loop videos need a pixel model (model.observation=pixels)")
-    paths = write_open_loop(run, run.episodes(args.episodes), os.path.join(args.logdir, "openloop"),
-                            "openloop", args.sequences, args.context, args.horizon, args.weight_samples)
+    paths, _ = write_open_loop(run, run.episodes(args.episodes), os.path.join(args.logdir, "openloop"),
+                               "openloop", args.sequences, args.context, args.horizon, args.weight_samples)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -189,8 +189,10 @@ def _compare(args: argparse.Namespace) -> int:
         aggregate_table,
         find_groups,
         plot_curves,
+        probe_table,
         published,
         published_table,
+        reports_table,
         results_rows,
         results_table,
         versus_table,
@@ -211,6 +213,8 @@ def _compare(args: argparse.Namespace) -> int:
     if args.aggregate is not None:
         sections.append(versus_table(groups, args.aggregate, rows))
         sections.append(aggregate_table(groups, args.aggregate))
+    if args.reports:
+        sections += [reports_table(groups), probe_table(groups)]
     if rows:
         sections.append(published_table(rows))
     text = "\n\n".join(sections)
@@ -218,7 +222,8 @@ def _compare(args: argparse.Namespace) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         command = " ".join(["bayes-planet compare", *args.folder, "--steps", *map(str, steps)]
-                           + (["--aggregate", str(args.aggregate)] if args.aggregate is not None else []))
+                           + (["--aggregate", str(args.aggregate)] if args.aggregate is not None else [])
+                           + (["--reports"] if args.reports else []))
         atomic_write(os.path.join(args.out, "results.md"), lambda h: h.write(f"`{command}`\n\n{text}\n".encode()))
         table = results_rows(groups, steps)
         buffer = io.StringIO()
@@ -344,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also, at env step STEP: ours next to PlaNet, Dreamer and DreamerV3's published scores "
                               "with minutes per run, and IQM, mean and median over tasks and seeds as fractions of "
                               "1000 with 95%% bootstrap intervals (rliable: pip install 'bayes-planet[analysis]')")
+    compare.add_argument("--reports", action="store_true",
+                         help="also the end-of-run reports: reward calibration, velocity-probe R² (per dimension "
+                              "too) and open-loop errors, mean +- std across seeds")
     compare.set_defaults(run=_compare)
     return parser
 

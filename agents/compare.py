@@ -20,6 +20,7 @@ import numpy as np
 from bayes_planet.errors import UsageError
 from bayes_planet.logger import read_metrics
 
+REPORT_KINDS = ("calibration", "probe", "openloop")  # the trainer's report records that `reports_table` reads
 BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_pixels.csv")  # with sources
 
 
@@ -34,6 +35,19 @@ class Group:
     evaluations: dict[str, dict[int, float]]
     weight_kl: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
     minutes: dict[str, float] = dataclasses.field(default_factory=dict)
+    reports: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
+
+    def report_values(self, kind: str, key: str, index: int | None = None) -> list[float]:
+        """Each run's value of `key` in its last `kind` record (``calibration``, ``probe``, ``openloop``),
+        element `index` of a list value (runs without it are left out)."""
+        values = []
+        for records in self.reports.values():
+            value = records.get(kind, {}).get(key)
+            if index is not None and isinstance(value, list):
+                value = value[index] if -len(value) <= index < len(value) else None
+            if isinstance(value, (int, float)):
+                values.append(float(value))
+        return values
 
     def last_step(self) -> int:
         """The last env step at which every run of the group was evaluated (0 if none)."""
@@ -64,19 +78,21 @@ def find_groups(folder: str) -> list[Group]:
         weight_kl = {int(r["step"]): float(r["weight_kl"]) for r in records
                      if r["kind"] == "train" and "weight_kl" in r}
         totals = [float(r["total"]) / 60 for r in records if r["kind"] == "time" and "total" in r]
-        groups.setdefault((task, variant), {})[root] = (returns, weight_kl, totals[-1] if totals else None)
+        reports = {r["kind"]: r for r in records if r["kind"] in REPORT_KINDS}  # the last of each kind
+        groups.setdefault((task, variant), {})[root] = (returns, weight_kl, totals[-1] if totals else None,
+                                                        reports or None)
     return [Group(task, variant, *({run: value[i] for run, value in runs.items() if value[i] is not None}
-                                   for i in range(3)))
+                                   for i in range(4)))
             for (task, variant), runs in sorted(groups.items())]
 
 
-def summarize(values: Sequence[float]) -> str:
+def summarize(values: Sequence[float], digits: int = 0) -> str:
     """``mean +- std (n)`` over seeds; the mean alone with one seed; ``-`` with none."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.0f} (1)"
-    return f"{np.mean(values):.0f} +- {np.std(values, ddof=1):.0f} ({len(values)})"
+        return f"{values[0]:.{digits}f} (1)"
+    return f"{np.mean(values):.{digits}f} +- {np.std(values, ddof=1):.{digits}f} ({len(values)})"
 
 
 def results_table(groups: Iterable[Group], steps: Sequence[int]) -> str:
@@ -203,6 +219,53 @@ def versus_table(groups: Iterable[Group], step: int, published_rows: Sequence[di
     return "\n".join(lines)
 
 
+REPORT_COLUMNS = (  # (header, record kind, key, list index, digits)
+    ("reward cover 50%", "calibration", "coverage_50", None, 2),
+    ("reward cover 90%", "calibration", "coverage_90", None, 2),
+    ("reward NLL", "calibration", "nll", None, 2),
+    ("reward std", "calibration", "reward_std", None, 3),
+    ("probe R² posterior", "probe", "r2/trained/posterior", None, 2),
+    ("probe R² open loop", "probe", "r2/trained/open_loop", None, 2),
+    ("probe R² random init", "probe", "r2/random_init/posterior", None, 2),
+    ("image MSE h=1", "openloop", "image_mse", 0, 4),
+    ("image MSE h=10", "openloop", "image_mse", 9, 4),
+    ("image MSE h=45", "openloop", "image_mse", 44, 4),
+    ("reward MSE h=1", "openloop", "reward_mse", 0, 3),
+    ("reward MSE h=10", "openloop", "reward_mse", 9, 3),
+)
+
+
+def reports_table(groups: Iterable[Group]) -> str:
+    """Markdown of the trainer's end-of-run reports, one row per task and variant (mean +- std across
+    seeds): open-loop reward calibration (coverage of the central 50% / 90% intervals, mean over horizons
+    1..12, nominal 0.50 / 0.90; NLL in nats; the likelihood's std), held-out R² of the velocity probes
+    (mean over velocity dimensions; `probe_table` gives each), and the last evaluation's open-loop errors
+    (image MSE per pixel in model units, reward MSE per agent step) h steps after 5 context frames."""
+    lines = ["| task | variant | " + " | ".join(c[0] for c in REPORT_COLUMNS) + " |",
+             "|" + "---|" * (len(REPORT_COLUMNS) + 2)]
+    for group in groups:
+        cells = [summarize(group.report_values(kind, key, index), digits)
+                 for _, kind, key, index, digits in REPORT_COLUMNS]
+        lines.append(f"| {group.task} | {group.variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def probe_table(groups: Iterable[Group]) -> str:
+    """Markdown: held-out R² of each velocity probe, one row per task, variant and target, for the trained
+    model's posterior and open-loop features and the randomly initialized control (mean +- std across seeds)."""
+    features = (("trained", "posterior"), ("trained", "open_loop"), ("random_init", "posterior"))
+    lines = ["| task | variant | target | " + " | ".join(f"{m.replace('_', ' ')}, {f.replace('_', ' ')}"
+                                                        for m, f in features) + " |", "|" + "---|" * 6]
+    for group in groups:
+        prefix = "r2/trained/posterior/"
+        targets = sorted({key[len(prefix):] for records in group.reports.values()
+                          for key in records.get("probe", {}) if key.startswith(prefix)})
+        for target in targets:
+            cells = [summarize(group.report_values("probe", f"r2/{m}/{f}/{target}"), 2) for m, f in features]
+            lines.append(f"| {group.task} | {group.variant} | {target.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _published_cell(row: dict[str, str]) -> str:
     return f"{row['mean']}{' +- ' + row['std'] if row['std'] else ''} ({row['source']})"
 
@@ -244,4 +307,4 @@ def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000
 
 
 __all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "published", "published_table", "results_rows",
-           "results_table", "summarize", "versus_table"]
+           "probe_table", "reports_table", "results_table", "summarize", "versus_table"]

@@ -52,12 +52,13 @@ def write_json(path: str, payload) -> None:
 def write_open_loop(run, episodes: list[dict], directory: str, name: str = "openloop", sequences: int = 4,
                     context: int = 5, horizon: int = 45, weight_samples: int | None = None) -> dict[str, str]:
     """Open-loop report of `sequences` windows (`context` filtered + `horizon` imagined frames) from
-    `episodes`: GIF, MP4, PNG strip and reward plot under `directory`. Returns the paths."""
+    `episodes`: GIF, MP4, PNG strip and reward plot under `directory`. Returns the paths and the result
+    (`bayes_planet.openloop.OpenLoop`; `error_summary` gives its errors by step)."""
     batch = windows(episodes, sequences, context + horizon)
     key = jax.random.PRNGKey(run.config.seed)
     result = open_loop(run.model, run.params, key, batch["observation"], batch["action"], batch["reward"],
                        context, report_weight_samples(run, weight_samples))
-    return write_open_loop_report(result, directory, name)
+    return write_open_loop_report(result, directory, name), result
 
 
 # ------------------------------------------------------------------------------------------ probes

@@ -410,7 +410,12 @@ class Trainer:
         with self._timed("reports"):
             if self.config.model.observation == "pixels":
                 from bayes_planet.agents.reports import write_open_loop
-                write_open_loop(self.as_run(), episodes, os.path.join(self.logdir, "openloop"), f"openloop-{name}")
+
+                from bayes_planet.openloop import error_summary
+
+                _, result = write_open_loop(self.as_run(), episodes, os.path.join(self.logdir, "openloop"),
+                                            f"openloop-{name}")
+                self.logger.write("openloop", self.env_steps, error_summary(result))
             self.logger.write("eval", self.env_steps, {
                 "return": np.mean(returns), "return_std": np.std(returns), "return_min": np.min(returns),
                 "return_max": np.max(returns), "returns": returns})
@@ -431,15 +436,18 @@ class Trainer:
         write_calibration({self.logdir: table}, os.path.join(self.logdir, "calibration"))
         self.logger.write("calibration", self.env_steps, {
             "coverage_50": float(np.mean(table["coverage_50"])), "coverage_90": float(np.mean(table["coverage_90"])),
-            "nll": float(np.mean(table["nll"]))})
+            "nll": float(np.mean(table["nll"])), "reward_std": table["reward_std"],
+            **{f"{k}_by_horizon": table[k] for k in ("coverage_50", "coverage_90", "nll")}})
         self._check_stop()
         fit = self.replay.latest(PROBE_FIT_EPISODES)
         if len(fit) >= 2 and any(k in episodes[0] for k in ("velocity", "speed")):
             rows, scatter = probe_report(self.as_run(), fit, episodes)
             write_probe_report(rows, scatter, os.path.join(self.logdir, "probes"))
-            overall = {f"r2/{r['model']}/{r['features']}".replace(" ", "_"): r["r2"]
-                       for r in rows if r["target"] == "overall (mean)"}
-            self.logger.write("probe", self.env_steps, overall)
+            # r2/<model>/<features> (the mean over targets), and r2/<model>/<features>/<target> for each
+            r2 = {"/".join(["r2", r["model"], r["features"]] + ([] if r["target"] == "overall (mean)" else
+                                                                 [r["target"]])).replace(" ", "_"): r["r2"]
+                  for r in rows}
+            self.logger.write("probe", self.env_steps, dict(r2, fit_episodes=len(fit), test_episodes=count))
 
     def last_eval_return(self) -> float:
         returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "eval"]

@@ -96,6 +96,19 @@ def squared_error_by_step(result: OpenLoop, mask: jax.Array | None = None) -> np
     return np.asarray(jnp.sum(squared * mask, axis=(0, 2, 3, 4)) / jnp.maximum(mask.sum(axis=(0, 2, 3, 4)), 1.0))
 
 
+def reward_error_by_step(result: OpenLoop) -> np.ndarray:
+    """Mean squared error of the posterior-mean predicted reward at each step ``[T]`` over the batch."""
+    return np.asarray(jnp.mean((result.reward - result.true_reward) ** 2, axis=0))
+
+
+def error_summary(result: OpenLoop) -> dict[str, list[float]]:
+    """Per imagined step h = 1..horizon (the context's filtered steps left out): ``image_mse`` (per pixel,
+    model units) and ``reward_mse`` under the posterior-mean weights, for a metrics record."""
+    context = result.context
+    return {"image_mse": squared_error_by_step(result)[context:].tolist(),
+            "reward_mse": reward_error_by_step(result)[context:].tolist()}
+
+
 def as_uint8(result: OpenLoop) -> dict[str, np.ndarray]:
     """The result's images as uint8 arrays: truth, prediction, error (``|truth - prediction|``) ``[B, T, H, W, 3]``
     and, with weight samples, ``sample_mean`` and ``sample_std`` (the per-pixel std across samples, one

@@ -46,7 +46,19 @@ def test_training_run_writes_its_run_directory(tiny_run):
     assert openloop == [f"openloop-{3 * EPISODE_ENV_STEPS:08d}{s}" for s in ("-reward.png", ".gif", ".mp4", ".png")]
     (calibration,) = _records(logdir, "calibration")  # the final reports: calibration on the held-out episode
     assert 0 <= calibration["coverage_90"] <= 1 and np.isfinite(calibration["nll"])
+    assert len(calibration["nll_by_horizon"]) == 12 and calibration["reward_std"] == 1.0
     assert os.path.exists(os.path.join(logdir, "calibration", "reliability.png"))
+    (errors,) = _records(logdir, "openloop")  # the evaluation's open-loop errors, h = 1..45 after 5 frames
+    assert len(errors["image_mse"]) == len(errors["reward_mse"]) == 45 and 0 < errors["image_mse"][0] < 0.25
+    (probe,) = _records(logdir, "probe")  # fitted on the 3 replay episodes, tested on the held-out one
+    assert (probe["fit_episodes"], probe["test_episodes"]) == (3, 1)
+    assert {"r2/trained/posterior", "r2/trained/open_loop/slider_velocity_(m/s)"} <= set(probe)
+
+    from bayes_planet.agents.compare import find_groups, probe_table, reports_table
+    groups = find_groups(os.path.dirname(logdir))
+    assert f"| {calibration['coverage_50']:.2f} (1) | {calibration['coverage_90']:.2f} (1) |" in reports_table(groups)
+    assert f"| slider velocity (m/s) | {probe['r2/trained/posterior/slider_velocity_(m/s)']:.2f} (1) |" in \
+        probe_table(groups)
     episodes = sorted(os.listdir(os.path.join(logdir, "episodes")))
     assert len(episodes) == 3 and all(e.endswith(".npz") for e in episodes)  # 2 random + 1 collected
     with np.load(os.path.join(logdir, "episodes", episodes[-1])) as data:

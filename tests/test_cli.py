@@ -46,9 +46,10 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_pa
     assert "| cartpole-swingup | reparameterization | 138 +- 24 (3) | 200 +- 63 (3) | 230 +- 76 (3) |" in out
     assert "| cartpole-swingup | 100k | PlaNet | curl2020 | 297 +- 39 |" in out
     out_dir = str(tmp_path / "compare")
-    assert main(["compare", folder, "--steps", "65000", "--aggregate", "65000", "--out", out_dir]) == 0
+    assert main(["compare", folder, "--steps", "65000", "--aggregate", "65000", "--reports", "--out", out_dir]) == 0
     printed = capsys.readouterr().out
     assert "| reparameterization | 3 x 1 | 0.230 [0.143, 0.275] |" in printed  # rliable's IQM
+    assert "| task | variant | reward cover 50% |" in printed  # the end-of-run reports (--reports)
     # the versus table: the deterministic cheetah quickstart's `time` record gives its minutes
     assert "| cheetah-run-quickstart | deterministic | - | - | - | - | 13.1 +- 4.7 (random) | 14 | - |" in printed
     with open(os.path.join(out_dir, "results.csv")) as handle:
