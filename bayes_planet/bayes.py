@@ -33,6 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 ESTIMATORS = ("reparameterization", "flipout")
+# How the weight prior's std depends on a layer: "none" (N(0, prior_std^2) for every kernel entry) or
+# "fan_in" (N(0, prior_std^2 / fan_in), the scale of a standard initialization, so a prior sample is a
+# sensible network rather than one whose pre-activations grow with sqrt(fan_in)).
+PRIOR_SCALINGS = ("none", "fan_in")
 
 # Parameter names that mark a layer's family inside a params tree (see `weight_kl`).
 VARIATIONAL_MEAN, VARIATIONAL_RHO = "w_mean", "w_rho"
@@ -329,21 +333,33 @@ def gaussian_kl_to_zero_mean(mean: jax.Array, std: jax.Array, prior_std: float) 
     return 0.5 * jnp.sum(var_ratio + jnp.square(mean / prior_std) - 1.0 - jnp.log(var_ratio))
 
 
-def weight_kl(params: Mapping[str, Mapping[str, Any]], prior_std: float = 1.0):
+def kernel_prior_std(prior_std: float, fan_in: int, prior_scaling: str = "none") -> float:
+    """The prior std of one kernel entry of a layer with `fan_in` inputs (see `PRIOR_SCALINGS`)."""
+    if prior_scaling not in PRIOR_SCALINGS:
+        raise ValueError(f"prior_scaling must be one of {PRIOR_SCALINGS}, got {prior_scaling!r}")
+    return prior_std / np.sqrt(fan_in) if prior_scaling == "fan_in" else prior_std
+
+
+def weight_kl(params: Mapping[str, Mapping[str, Any]], prior_std: float = 1.0, prior_scaling: str = "none"):
     """Total weight KL of every Bayesian layer in a haiku params tree, in nats.
 
-    Variational layers: the closed-form KL(q(W) || N(0, prior_std^2)). MC-dropout layers: Gal's
-    approximation, (1 - rate) / (2 prior_std^2) * ||W||^2 with each layer's own rate (its constant
-    entropy term dropped). Deterministic layers contribute nothing, so a deterministic model gives exactly 0.
+    Variational layers: the closed-form KL(q(W) || N(0, s^2)). MC-dropout layers: Gal's approximation,
+    (1 - rate) / (2 s^2) * ||W||^2 with each layer's own rate (its constant entropy term dropped). The
+    prior std s is `prior_std`, divided by sqrt(fan_in) with ``prior_scaling="fan_in"``. Deterministic
+    layers contribute nothing, so a deterministic model gives exactly 0.
     """
     total = jnp.zeros(())
     for module in params.values():
         if VARIATIONAL_MEAN in module:
+            mean = module[VARIATIONAL_MEAN]
             std = jax.nn.softplus(module[VARIATIONAL_RHO])
-            total = total + gaussian_kl_to_zero_mean(module[VARIATIONAL_MEAN], std, prior_std)
+            scale = kernel_prior_std(prior_std, mean.shape[0], prior_scaling)
+            total = total + gaussian_kl_to_zero_mean(mean, std, scale)
         if DROPOUT_KERNEL in module:
-            scale = (1.0 - jax.lax.stop_gradient(module[DROPOUT_RATE])) / (2.0 * prior_std**2)
-            total = total + scale * jnp.sum(jnp.square(module[DROPOUT_KERNEL]))
+            kernel = module[DROPOUT_KERNEL]
+            scale = kernel_prior_std(prior_std, kernel.shape[0], prior_scaling)
+            keep = 1.0 - jax.lax.stop_gradient(module[DROPOUT_RATE])
+            total = total + keep / (2.0 * scale**2) * jnp.sum(jnp.square(kernel))
     return total
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from bayes_planet.bayes import LAYER_KINDS
+from bayes_planet.bayes import LAYER_KINDS, PRIOR_SCALINGS
 from bayes_planet.errors import UsageError
 from bayes_planet.networks import CONV_ENGINES, REWARD_NOISE
 from bayes_planet.objectives import OBJECTIVES
@@ -119,6 +119,7 @@ CHOICES = {
     "model.transition": LAYER_KINDS,
     "model.train_weights": TRAIN_WEIGHTS,
     "model.free_nats_side": FREE_NATS_SIDES,
+    "model.prior_scaling": PRIOR_SCALINGS,
     "model.reward_noise": REWARD_NOISE,
     "planner.objective": OBJECTIVES,
     "planner.thompson_every": ("plan", "episode"),

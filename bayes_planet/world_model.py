@@ -47,6 +47,8 @@ class ModelConfig:
       steady climb of their posterior std toward the N(0, prior_std^2) prior (0.01 -> 0.3 in 2000 updates
       of the quickstart model, 0.78 after a 100k-step run), and imagination under sampled weights became
       noise (issue 17; `bench/imagination.py` measures it).
+    prior_std, prior_scaling: the weight prior of the transition's Bayesian layers, N(0, prior_std^2)
+      ("none") or N(0, prior_std^2 / fan_in) ("fan_in": the scale of the layers' initialization).
     reward_noise: the reward likelihood's std: "fixed" (`reward_std` everywhere; PlaNet's unit variance
       with the default 1.0), "learned" (one trainable scalar starting at `reward_std`) or "predicted" (per
       state, a second output of the reward head). Trainable stds stay above `reward_min_std`. With PlaNet's
@@ -75,6 +77,7 @@ class ModelConfig:
     reward_min_std: float = 0.01
     transition: str = "reparameterization"
     prior_std: float = 1.0
+    prior_scaling: str = "none"
     posterior_std_init: float = 0.01
     dropout_rate: float = 0.1
     weight_kl_scale: float = 4e-6
@@ -156,6 +159,9 @@ class WorldModel:
             raise ValueError(f"pixel observations must have shape {PIXEL_SHAPE}, got {tuple(obs_shape)}")
         if config.free_nats_side not in FREE_NATS_SIDES:
             raise ValueError(f"model.free_nats_side must be one of {FREE_NATS_SIDES}, got {config.free_nats_side!r}")
+        if config.prior_scaling not in bayes.PRIOR_SCALINGS:
+            raise ValueError(f"model.prior_scaling must be one of {bayes.PRIOR_SCALINGS}, "
+                             f"got {config.prior_scaling!r}")
         if config.train_weights not in TRAIN_WEIGHTS:
             raise ValueError(f"model.train_weights must be one of {TRAIN_WEIGHTS}, got {config.train_weights!r}")
         if config.reward_noise not in REWARD_NOISE:
@@ -243,7 +249,7 @@ class WorldModel:
         weights = bayes.sample_weights(key_weights, batch_size) if c.train_weights == "per_sequence" else None
         model_loss, metrics = self._fns.apply.loss(params, key_apply, observation, batch["action"],
                                                  batch["reward"].astype(jnp.float32), weights)
-        weight_kl = bayes.weight_kl(params, c.prior_std)
+        weight_kl = bayes.weight_kl(params, c.prior_std, c.prior_scaling)
         total = model_loss + c.weight_kl_scale * weight_kl
         metrics = dict(metrics, weight_kl=weight_kl, weight_std=bayes.posterior_std_mean(params), loss=total)
         return total, metrics

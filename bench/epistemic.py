@@ -4,13 +4,20 @@ Trains small world models on real cartpole-swingup physics (state observations, 
 from episodes whose random actions push the cart one way only (uniform in [-1, 0]). Then, for each
 weight-KL scale, it prints the transition layers' median posterior std, the weight KL, and the spread of
 imagined returns across held weight samples (std over K samples of the 12-step return, averaged over start
-states) on held-out windows of three kinds:
+states) and of the predicted states (std over K samples of the imagined features after 12 steps, averaged
+over feature dimensions and start states) on held-out windows of three kinds:
 
 * seen: more one-way episodes (the training distribution);
 * unseen: episodes pushed the other way (actions in [0, 1]), states the model never trained on;
 * and "seen" again for a model trained on one episode instead of `--episodes`.
 
+Rows in the weight samples share their latent noise (see `RSSM.prior_step`), so both spreads are the
+weights' alone. `--elbo` sets each model's weight-KL scale to 1 / (steps in its training data), the
+ELBO's weighting, so the model trained on one episode gets a 6x stronger pull toward the prior than the
+one trained on six; `--prior-scalings none fan_in` compares N(0, 1) with N(0, 1 / fan_in) weight priors.
+
     python bench/epistemic.py --scales 4.0e-6 2.0e-4
+    python bench/epistemic.py --elbo --prior-scalings none fan_in --std-inits 0.01 0.1
 """
 
 from __future__ import annotations
@@ -47,8 +54,12 @@ def one_way_episodes(count: int, seed: int, low: float, high: float) -> list[dic
     return out
 
 
-def train(episodes, scale: float, updates: int, seed: int, std_init: float = 1e-2):
-    config = ModelConfig(**SIZES, weight_kl_scale=scale, posterior_std_init=std_init)
+def train(episodes, scale: float | None, updates: int, seed: int, std_init: float = 1e-2,
+          prior_scaling: str = "none"):
+    """A world model fitted to `episodes`; `scale` None: the ELBO's, 1 / (steps in `episodes`)."""
+    if scale is None:
+        scale = 1.0 / sum(len(episode["reward"]) for episode in episodes)
+    config = ModelConfig(**SIZES, weight_kl_scale=scale, posterior_std_init=std_init, prior_scaling=prior_scaling)
     model = WorldModel(config, 1, episodes[0]["observation"].shape[1:])
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), sample_batch(episodes, 6, 16, rng))
@@ -60,18 +71,20 @@ def train(episodes, scale: float, updates: int, seed: int, std_init: float = 1e-
     return model, params, float(metrics["weight_kl"])
 
 
-def return_spread(model, params, windows, samples: int) -> float:
-    """Std across `samples` held weight samples of the imagined HORIZON-step return, averaged over windows."""
+def spreads(model, params, windows, samples: int) -> tuple[float, float]:
+    """Std across `samples` held weight samples of the imagined HORIZON-step return, and of the imagined
+    features at step HORIZON (mean over feature dimensions), each averaged over windows."""
     key = jax.random.PRNGKey(1)
     batch = windows["action"].shape[0]
     posts = model.observe(params, key, model.initial_state(batch), windows["observation"][:, :CONTEXT],
                           windows["action"][:, :CONTEXT])
     tile = lambda x: jnp.tile(x, (samples,) + (1,) * (x.ndim - 1))
     start = jax.tree.map(lambda x: tile(x[:, -1]), posts)
-    rewards, _ = model.imagine(params, key, start, tile(windows["action"][:, CONTEXT:]),
-                               model.sample_weights(params, jax.random.PRNGKey(2), samples))
+    rewards, states = model.imagine(params, key, start, tile(windows["action"][:, CONTEXT:]),
+                                    model.sample_weights(params, jax.random.PRNGKey(2), samples))
     returns = rewards.sum(-1).reshape(samples, batch)
-    return float(jnp.mean(jnp.std(returns, axis=0)))
+    features = model.features(states)[:, -1].reshape(samples, batch, -1)
+    return float(jnp.mean(jnp.std(returns, axis=0))), float(jnp.mean(jnp.std(features, axis=0)))
 
 
 def main() -> None:
@@ -83,23 +96,30 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--std-inits", type=float, nargs="+", default=[1e-2],
                         help="model.posterior_std_init values (the posterior std the weights start from)")
+    parser.add_argument("--prior-scalings", nargs="+", default=["none"], choices=bayes.PRIOR_SCALINGS,
+                        help="model.prior_scaling values")
+    parser.add_argument("--elbo", action="store_true",
+                        help="weight-KL scale 1 / (training steps) per model instead of --scales")
     args = parser.parse_args()
     train_episodes = one_way_episodes(args.episodes, 0, -1.0, 0.0)
     seen = sample_batch(one_way_episodes(2, 500, -1.0, 0.0), 64, CONTEXT + HORIZON, np.random.default_rng(1))
     unseen = sample_batch(one_way_episodes(2, 600, 0.0, 1.0), 64, CONTEXT + HORIZON, np.random.default_rng(2))
-    print(f"{'weight_kl_scale':>15} {'std init':>8} {'seed':>4} {'std in/hid/out':>22} {'weight KL':>10} "
-          f"{'spread seen':>11} {'unseen':>7} {'seen, 1 episode':>15}")
-    for scale, std_init in ((scale, std_init) for scale in args.scales for std_init in args.std_inits):
+    print("spreads: imagined 12-step return / predicted state, std across weight samples")
+    print(f"{'weight_kl_scale':>15} {'prior':>6} {'std init':>8} {'seed':>4} {'std in/hid/out':>22} "
+          f"{'weight KL':>10} {'seen':>13} {'unseen':>13} {'seen, 1 episode':>15}")
+    scales = [None] if args.elbo else args.scales
+    for scale, scaling, std_init in ((a, b, c) for a in scales for b in args.prior_scalings for c in args.std_inits):
         for seed in range(args.seeds):
-            model, params, weight_kl = train(train_episodes, scale, args.updates, seed, std_init)
+            model, params, weight_kl = train(train_episodes, scale, args.updates, seed, std_init, scaling)
             stds = [float(jnp.median(jax.nn.softplus(params[f"rssm/~/{layer}"][bayes.VARIATIONAL_RHO])))
                     for layer in ("transition_in", "prior_hidden", "prior_out")]
-            few_model, few_params, _ = train(train_episodes[:1], scale, args.updates, seed, std_init)
-            std_text = "/".join(f"{s:.3f}" for s in stds)
-            print(f"{scale:>15.1e} {std_init:>8.3f} {seed:>4} {std_text:>22} {weight_kl:>10.0f} "
-                  f"{return_spread(model, params, seen, args.samples):>11.3f} "
-                  f"{return_spread(model, params, unseen, args.samples):>7.3f} "
-                  f"{return_spread(few_model, few_params, seen, args.samples):>15.3f}", flush=True)
+            few_model, few_params, _ = train(train_episodes[:1], scale, args.updates, seed, std_init, scaling)
+            text = lambda pair: f"{pair[0]:.3f}/{pair[1]:.3f}"
+            print(f"{'ELBO' if scale is None else f'{scale:.1e}':>15} {scaling:>6} {std_init:>8.3f} {seed:>4} "
+                  f"{'/'.join(f'{s:.3f}' for s in stds):>22} {weight_kl:>10.0f} "
+                  f"{text(spreads(model, params, seen, args.samples)):>13} "
+                  f"{text(spreads(model, params, unseen, args.samples)):>13} "
+                  f"{text(spreads(few_model, few_params, seen, args.samples)):>15}", flush=True)
 
 
 if __name__ == "__main__":

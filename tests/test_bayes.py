@@ -59,6 +59,24 @@ def test_kl_matches_closed_form_and_monte_carlo():
     assert abs(per_sample.mean() - closed) < 3 * standard_error
 
 
+def test_fan_in_prior_divides_each_kernels_prior_std_by_sqrt_fan_in():
+    x = jnp.ones((2, 9))
+
+    def two_layers(x):
+        hidden = VariationalDense(4, name="wide_in", posterior_std_init=0.05)(x)  # fan_in 9
+        return MCDropoutDense(3, name="narrow_in", rate=0.2)(hidden)  # fan_in 4
+
+    params = hk.transform(two_layers).init(KEY, x)
+    prior = 0.6
+    mean, std = params["wide_in"]["w_mean"], jax.nn.softplus(params["wide_in"]["w_rho"])
+    expected = float(gaussian_kl_to_zero_mean(mean, std, prior / 3.0))
+    expected += 0.8 / (2 * (prior / 2.0) ** 2) * float(jnp.sum(params["narrow_in"]["w_dropout"] ** 2))
+    assert float(weight_kl(params, prior, prior_scaling="fan_in")) == pytest.approx(expected, rel=1e-5)
+    assert float(weight_kl(params, prior, prior_scaling="fan_in")) > float(weight_kl(params, prior))
+    with pytest.raises(ValueError, match="prior_scaling must be one of"):
+        weight_kl(params, prior, prior_scaling="fan_out")
+
+
 def test_mc_dropout_kl_uses_each_layers_own_rate():
     x = jnp.ones((2, 5))
 
