@@ -337,10 +337,12 @@ class Trainer:
                 if self.mesh is not None:
                     batch = parallel.shard_batch(batch, self.mesh)
                 self.key, key_step = jax.random.split(self.key)
+                data_steps = np.float32(self.replay.num_steps)  # the ELBO's N (model.weight_kl_schedule)
                 if not self._train_step_compiled:
-                    memory.compile_ahead(self.train_step, self.params, self.opt_state, key_step, batch)
+                    memory.compile_ahead(self.train_step, self.params, self.opt_state, key_step, batch, data_steps)
                     self._train_step_compiled = True
-                self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, key_step, batch)
+                self.params, self.opt_state, metrics = self.train_step(self.params, self.opt_state, key_step, batch,
+                                                                       data_steps)
                 self.updates += 1
                 self.phase_updates += 1
                 if float(metrics["nonfinite"]):

@@ -24,7 +24,7 @@ from bayes_planet.networks import CONV_ENGINES, REWARD_NOISE
 from bayes_planet.objectives import OBJECTIVES
 from bayes_planet.planners import base as planners_base
 from bayes_planet.precision import MATMUL_DTYPES
-from bayes_planet.world_model import FREE_NATS_SIDES, TRAIN_WEIGHTS, ModelConfig
+from bayes_planet.world_model import FREE_NATS_SIDES, TRAIN_WEIGHTS, WEIGHT_KL_SCHEDULES, ModelConfig
 
 PRESET_DIR = str(importlib.resources.files("bayes_planet.configs"))  # the repository's configs/, installed there
 
@@ -120,6 +120,7 @@ CHOICES = {
     "model.train_weights": TRAIN_WEIGHTS,
     "model.free_nats_side": FREE_NATS_SIDES,
     "model.prior_scaling": PRIOR_SCALINGS,
+    "model.weight_kl_schedule": WEIGHT_KL_SCHEDULES,
     "model.reward_noise": REWARD_NOISE,
     "planner.objective": OBJECTIVES,
     "planner.thompson_every": ("plan", "episode"),

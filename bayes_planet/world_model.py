@@ -28,6 +28,7 @@ from bayes_planet.rssm import RSSM, RSSMState, zero_state
 PIXEL_SHAPE = (64, 64, 3)
 TRAIN_WEIGHTS = ("fresh", "per_sequence")
 FREE_NATS_SIDES = ("posterior", "both")
+WEIGHT_KL_SCHEDULES = ("constant", "elbo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,9 @@ class ModelConfig:
       steady climb of their posterior std toward the N(0, prior_std^2) prior (0.01 -> 0.3 in 2000 updates
       of the quickstart model, 0.78 after a 100k-step run), and imagination under sampled weights became
       noise (issue 17; `bench/imagination.py` measures it).
+    weight_kl_schedule: "constant" (`weight_kl_scale` at every update) or "elbo" (1 / the number of
+      sequence steps in the training data, the ELBO's own weighting for a per-step data term, so the
+      posterior narrows as data comes in; `weight_kl_scale` is then not used). See `loss`.
     prior_std, prior_scaling: the weight prior of the transition's Bayesian layers, N(0, prior_std^2)
       ("none") or N(0, prior_std^2 / fan_in) ("fan_in": the scale of the layers' initialization).
     reward_noise: the reward likelihood's std: "fixed" (`reward_std` everywhere; PlaNet's unit variance
@@ -81,6 +85,7 @@ class ModelConfig:
     posterior_std_init: float = 0.01
     dropout_rate: float = 0.1
     weight_kl_scale: float = 4e-6
+    weight_kl_schedule: str = "constant"
     train_weights: str = "fresh"
     free_nats: float = 3.0
     free_nats_side: str = "both"
@@ -159,6 +164,9 @@ class WorldModel:
             raise ValueError(f"pixel observations must have shape {PIXEL_SHAPE}, got {tuple(obs_shape)}")
         if config.free_nats_side not in FREE_NATS_SIDES:
             raise ValueError(f"model.free_nats_side must be one of {FREE_NATS_SIDES}, got {config.free_nats_side!r}")
+        if config.weight_kl_schedule not in WEIGHT_KL_SCHEDULES:
+            raise ValueError(f"model.weight_kl_schedule must be one of {WEIGHT_KL_SCHEDULES}, "
+                             f"got {config.weight_kl_schedule!r}")
         if config.prior_scaling not in bayes.PRIOR_SCALINGS:
             raise ValueError(f"model.prior_scaling must be one of {bayes.PRIOR_SCALINGS}, "
                              f"got {config.prior_scaling!r}")
@@ -238,11 +246,20 @@ class WorldModel:
         obs = self._preprocess(jnp.asarray(batch["observation"]), None)
         return jax.jit(self._fns.init)(key, obs, jnp.asarray(batch["action"]), jnp.asarray(batch["reward"]))
 
-    def loss(self, params: hk.Params, key: jax.Array, batch: Mapping[str, jax.Array]):
+    def loss(self, params: hk.Params, key: jax.Array, batch: Mapping[str, jax.Array],
+             data_steps: jax.Array | float | None = None):
         """Negative ELBO per time step, averaged over ``[B, T]``: image and reward NLL (unit variance,
-        constants dropped; reward scaled by `reward_scale`), the latent KL with free nats, plus
-        `weight_kl_scale` x the weights' KL. Returns ``(loss, metrics)``."""
+        constants dropped; reward scaled by `reward_scale`), the latent KL with free nats, plus the
+        weights' KL times `weight_kl_scale`, or times 1 / `data_steps` (sequence steps in the training
+        data) under ``weight_kl_schedule="elbo"``. Returns ``(loss, metrics)``."""
         c = self.config
+        if c.weight_kl_schedule == "elbo":
+            if data_steps is None:
+                raise ValueError("model.weight_kl_schedule='elbo' needs data_steps, the number of sequence "
+                                 "steps in the training data")
+            kl_scale = 1.0 / jnp.maximum(jnp.asarray(data_steps, jnp.float32), 1.0)
+        else:
+            kl_scale = jnp.asarray(c.weight_kl_scale, jnp.float32)
         key_noise, key_weights, key_apply = jax.random.split(key, 3)
         observation = self._preprocess(batch["observation"], key_noise)
         batch_size = batch["action"].shape[0]
@@ -250,8 +267,9 @@ class WorldModel:
         model_loss, metrics = self._fns.apply.loss(params, key_apply, observation, batch["action"],
                                                  batch["reward"].astype(jnp.float32), weights)
         weight_kl = bayes.weight_kl(params, c.prior_std, c.prior_scaling)
-        total = model_loss + c.weight_kl_scale * weight_kl
-        metrics = dict(metrics, weight_kl=weight_kl, weight_std=bayes.posterior_std_mean(params), loss=total)
+        total = model_loss + kl_scale * weight_kl
+        metrics = dict(metrics, weight_kl=weight_kl, weight_kl_scale=kl_scale,
+                       weight_std=bayes.posterior_std_mean(params), loss=total)
         return total, metrics
 
     def initial_state(self, batch_size: int) -> RSSMState:
@@ -353,7 +371,8 @@ def make_optimizer(learning_rate: float = 1e-3, eps: float = 1e-4, grad_clip: fl
 
 def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation, mesh: Mesh | None = None,
                     donate: bool = False):
-    """A jit-compiled ``step(params, opt_state, key, batch) -> (params, opt_state, metrics)``.
+    """A jit-compiled ``step(params, opt_state, key, batch, data_steps=None) -> (params, opt_state, metrics)``
+    (`data_steps`: sequence steps in the training data, for ``weight_kl_schedule="elbo"``; see `loss`).
 
     An update whose loss or gradient is not finite is skipped (params and optimizer state come back
     unchanged) and reported as ``metrics["nonfinite"] == 1``. With a `mesh` (see `bayes_planet.parallel`)
@@ -365,12 +384,12 @@ def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation, 
     jit_options = dict(donate_argnums=(0, 1)) if donate else {}
     if mesh is not None:
         everywhere = parallel.replicated(mesh)
-        jit_options.update(in_shardings=(everywhere, everywhere, everywhere, parallel.split_leading(mesh)),
-                           out_shardings=everywhere)
+        jit_options.update(in_shardings=(everywhere, everywhere, everywhere, parallel.split_leading(mesh),
+                                         everywhere), out_shardings=everywhere)
 
     @functools.partial(jax.jit, **jit_options)
-    def step(params, opt_state, key, batch):
-        (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch)
+    def step(params, opt_state, key, batch, data_steps=None):
+        (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch, data_steps)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)

@@ -8,7 +8,9 @@ states) and of the predicted states (std over K samples of the imagined features
 over feature dimensions and start states) on held-out windows of three kinds:
 
 * seen: more one-way episodes (the training distribution);
-* unseen: episodes pushed the other way (actions in [0, 1]), states the model never trained on;
+* unseen: episodes pushed the other way (actions in [0, 1]), states the model never trained on
+  (`--unseen amplitude`: train on gentle pushes, |action| <= 0.3, and test on hard ones, 0.7 to 1, whose
+  states are faster; a mean-field layer's output variance sums x^2 std^2, blind to a mirrored input);
 * and "seen" again for a model trained on one episode instead of `--episodes`.
 
 Rows in the weight samples share their latent noise (see `RSSM.prior_step`), so both spreads are the
@@ -30,6 +32,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from bayes_planet.agents.rollout import run_episode  # noqa: E402
 from imagination import sample_batch  # noqa: E402  (bench/ is on the path when run as a script)
 
@@ -44,22 +47,36 @@ SIZES = dict(observation="state", deter_size=32, stoch_size=8, hidden_size=32, s
 CONTEXT, HORIZON = 5, 12
 
 
-def one_way_episodes(count: int, seed: int, low: float, high: float) -> list[dict[str, np.ndarray]]:
+def random_push_episodes(count: int, seed: int, low: float, high: float,
+                         both_ways: bool = False) -> list[dict[str, np.ndarray]]:
+    """Episodes of random actions uniform in [low, high], negated at random steps when `both_ways`."""
     env = envs.make("dmc:cartpole-swingup", observation="state", seed=seed)
     out = []
     for index in range(count):
         rng = np.random.default_rng(seed + index)
-        policy = lambda _, rng=rng: rng.uniform(low, high, (1,)).astype(np.float32)
+
+        def policy(_, rng=rng):
+            sign = rng.choice([-1.0, 1.0]) if both_ways else 1.0
+            return (sign * rng.uniform(low, high, (1,))).astype(np.float32)
+
         out.append(run_episode(env, policy, seed=seed + index).arrays())
     return out
 
 
+# (training and "seen" pushes, "unseen" pushes) as (low, high, both_ways)
+SPLITS = {
+    "direction": ((-1.0, 0.0, False), (0.0, 1.0, False)),  # one way only, then the other way
+    "amplitude": ((0.0, 0.3, True), (0.7, 1.0, True)),  # gentle pushes, then hard ones (faster states)
+}
+
+
 def train(episodes, scale: float | None, updates: int, seed: int, std_init: float = 1e-2,
-          prior_scaling: str = "none"):
+          prior_scaling: str = "none", **model_options):
     """A world model fitted to `episodes`; `scale` None: the ELBO's, 1 / (steps in `episodes`)."""
     if scale is None:
         scale = 1.0 / sum(len(episode["reward"]) for episode in episodes)
-    config = ModelConfig(**SIZES, weight_kl_scale=scale, posterior_std_init=std_init, prior_scaling=prior_scaling)
+    config = ModelConfig(**{**SIZES, **model_options}, weight_kl_scale=scale, posterior_std_init=std_init,
+                         prior_scaling=prior_scaling)
     model = WorldModel(config, 1, episodes[0]["observation"].shape[1:])
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), sample_batch(episodes, 6, 16, rng))
@@ -100,20 +117,29 @@ def main() -> None:
                         help="model.prior_scaling values")
     parser.add_argument("--elbo", action="store_true",
                         help="weight-KL scale 1 / (training steps) per model instead of --scales")
+    parser.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more ModelConfig options for every model, e.g. free_nats_side=posterior")
+    parser.add_argument("--unseen", choices=tuple(SPLITS), default="direction",
+                        help="what the unseen windows change: the push's direction or its amplitude")
     args = parser.parse_args()
-    train_episodes = one_way_episodes(args.episodes, 0, -1.0, 0.0)
-    seen = sample_batch(one_way_episodes(2, 500, -1.0, 0.0), 64, CONTEXT + HORIZON, np.random.default_rng(1))
-    unseen = sample_batch(one_way_episodes(2, 600, 0.0, 1.0), 64, CONTEXT + HORIZON, np.random.default_rng(2))
+    options = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.model)}
+    print(f"model options beyond {SIZES}: {options}")
+    seen_pushes, unseen_pushes = SPLITS[args.unseen]
+    train_episodes = random_push_episodes(args.episodes, 0, *seen_pushes)
+    window = CONTEXT + HORIZON
+    seen = sample_batch(random_push_episodes(2, 500, *seen_pushes), 64, window, np.random.default_rng(1))
+    unseen = sample_batch(random_push_episodes(2, 600, *unseen_pushes), 64, window, np.random.default_rng(2))
     print("spreads: imagined 12-step return / predicted state, std across weight samples")
     print(f"{'weight_kl_scale':>15} {'prior':>6} {'std init':>8} {'seed':>4} {'std in/hid/out':>22} "
           f"{'weight KL':>10} {'seen':>13} {'unseen':>13} {'seen, 1 episode':>15}")
     scales = [None] if args.elbo else args.scales
     for scale, scaling, std_init in ((a, b, c) for a in scales for b in args.prior_scalings for c in args.std_inits):
         for seed in range(args.seeds):
-            model, params, weight_kl = train(train_episodes, scale, args.updates, seed, std_init, scaling)
+            model, params, weight_kl = train(train_episodes, scale, args.updates, seed, std_init, scaling, **options)
             stds = [float(jnp.median(jax.nn.softplus(params[f"rssm/~/{layer}"][bayes.VARIATIONAL_RHO])))
                     for layer in ("transition_in", "prior_hidden", "prior_out")]
-            few_model, few_params, _ = train(train_episodes[:1], scale, args.updates, seed, std_init, scaling)
+            few_model, few_params, _ = train(train_episodes[:1], scale, args.updates, seed, std_init, scaling,
+                                             **options)
             text = lambda pair: f"{pair[0]:.3f}/{pair[1]:.3f}"
             print(f"{'ELBO' if scale is None else f'{scale:.1e}':>15} {scaling:>6} {std_init:>8.3f} {seed:>4} "
                   f"{'/'.join(f'{s:.3f}' for s in stds):>22} {weight_kl:>10.0f} "

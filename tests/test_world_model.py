@@ -177,6 +177,28 @@ def test_per_sequence_training_weights():
         WorldModel(tiny_config(train_weights="sometimes"), A)
 
 
+def test_elbo_schedule_weighs_the_weight_kl_by_one_over_the_data_steps(model_and_params):
+    constant_model, params = model_and_params
+    elbo_model = WorldModel(tiny_config(weight_kl_schedule="elbo"), A)
+    constant_loss, terms = constant_model.loss(params, KEY, _batch())
+    data_part = float(constant_loss) - constant_model.config.weight_kl_scale * float(terms["weight_kl"])
+    for data_steps in (250.0, 5000.0):
+        loss, elbo_terms = elbo_model.loss(params, KEY, _batch(), data_steps)
+        assert float(elbo_terms["weight_kl_scale"]) == pytest.approx(1.0 / data_steps)
+        assert float(loss) == pytest.approx(data_part + float(terms["weight_kl"]) / data_steps, rel=1e-5)
+    # a train step takes the count as a traced value: a growing replay does not recompile it
+    step = make_train_step(elbo_model, make_optimizer())
+    opt_state = make_optimizer().init(params)
+    for data_steps in (250.0, 5000.0):
+        *_, metrics = step(params, opt_state, KEY, _batch(), np.float32(data_steps))
+        assert float(metrics["weight_kl_scale"]) == pytest.approx(1.0 / data_steps)
+    assert step._cache_size() == 1
+    with pytest.raises(ValueError, match="needs data_steps"):
+        elbo_model.loss(params, KEY, _batch())
+    with pytest.raises(ValueError, match="weight_kl_schedule must be one of"):
+        WorldModel(tiny_config(weight_kl_schedule="annealed"), A)
+
+
 def test_a_donating_train_step_makes_the_same_update_and_consumes_its_inputs(model_and_params):
     model, params = model_and_params
     optimizer = make_optimizer()
