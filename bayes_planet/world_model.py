@@ -16,6 +16,7 @@ from typing import NamedTuple
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -388,7 +389,7 @@ def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation, 
                                          everywhere), out_shardings=everywhere)
 
     @functools.partial(jax.jit, **jit_options)
-    def step(params, opt_state, key, batch, data_steps=None):
+    def step(params, opt_state, key, batch, data_steps):
         (loss, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(params, key, batch, data_steps)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -397,4 +398,31 @@ def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation, 
         metrics = dict(metrics, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32))
         return keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state), metrics
 
-    return step
+    return _TrainStep(step, model.config.weight_kl_schedule == "elbo")
+
+
+class _TrainStep:
+    """`make_train_step`'s jitted step with `data_steps` optional: every call passes all five arguments,
+    as a sharded jit needs, and the count is a traced value, so a growing replay never recompiles it."""
+
+    def __init__(self, jitted, needs_data_steps: bool):
+        self._jitted, self._needs_data_steps = jitted, needs_data_steps
+
+    def _arguments(self, params, opt_state, key, batch, data_steps=None):
+        if data_steps is None:
+            if self._needs_data_steps:
+                raise ValueError("model.weight_kl_schedule='elbo' needs data_steps, the number of sequence "
+                                 "steps in the training data")
+            data_steps = np.float32(0)  # unused by the constant schedule
+        return params, opt_state, key, batch, (data_steps if isinstance(data_steps, jax.Array)
+                                               else np.float32(data_steps))
+
+    def __call__(self, *args, **kwargs):
+        return self._jitted(*self._arguments(*args, **kwargs))
+
+    def lower(self, *args, **kwargs):
+        """`jax.jit`'s ahead-of-time lowering, for `memory.compile_ahead`."""
+        return self._jitted.lower(*self._arguments(*args, **kwargs))
+
+    def _cache_size(self) -> int:
+        return self._jitted._cache_size()
