@@ -30,6 +30,7 @@ PIXEL_SHAPE = (64, 64, 3)
 TRAIN_WEIGHTS = ("fresh", "per_sequence")
 FREE_NATS_SIDES = ("posterior", "both")
 WEIGHT_KL_SCHEDULES = ("constant", "elbo")
+NEEDS_DATA_STEPS = "model.weight_kl_schedule='elbo' needs data_steps, the number of sequence steps in the training data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +257,7 @@ class WorldModel:
         c = self.config
         if c.weight_kl_schedule == "elbo":
             if data_steps is None:
-                raise ValueError("model.weight_kl_schedule='elbo' needs data_steps, the number of sequence "
-                                 "steps in the training data")
+                raise ValueError(NEEDS_DATA_STEPS)
             kl_scale = 1.0 / jnp.maximum(jnp.asarray(data_steps, jnp.float32), 1.0)
         else:
             kl_scale = jnp.asarray(c.weight_kl_scale, jnp.float32)
@@ -411,8 +411,7 @@ class _TrainStep:
     def _arguments(self, params, opt_state, key, batch, data_steps=None):
         if data_steps is None:
             if self._needs_data_steps:
-                raise ValueError("model.weight_kl_schedule='elbo' needs data_steps, the number of sequence "
-                                 "steps in the training data")
+                raise ValueError(NEEDS_DATA_STEPS)
             data_steps = np.float32(0)  # unused by the constant schedule
         return params, opt_state, key, batch, (data_steps if isinstance(data_steps, jax.Array)
                                                else np.float32(data_steps))
