@@ -30,7 +30,6 @@ PIXEL_SHAPE = (64, 64, 3)
 TRAIN_WEIGHTS = ("fresh", "per_sequence")
 FREE_NATS_SIDES = ("posterior", "both")
 WEIGHT_KL_SCHEDULES = ("constant", "elbo")
-NEEDS_DATA_STEPS = "model.weight_kl_schedule='elbo' needs data_steps, the number of sequence steps in the training data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +256,8 @@ class WorldModel:
         c = self.config
         if c.weight_kl_schedule == "elbo":
             if data_steps is None:
-                raise ValueError(NEEDS_DATA_STEPS)
+                raise ValueError("model.weight_kl_schedule='elbo' needs data_steps, the number of sequence "
+                                 "steps in the training data")
             kl_scale = 1.0 / jnp.maximum(jnp.asarray(data_steps, jnp.float32), 1.0)
         else:
             kl_scale = jnp.asarray(c.weight_kl_scale, jnp.float32)
@@ -398,23 +398,22 @@ def make_train_step(model: WorldModel, optimizer: optax.GradientTransformation, 
         metrics = dict(metrics, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32))
         return keep(optax.apply_updates(params, updates), params), keep(new_opt_state, opt_state), metrics
 
-    return _TrainStep(step, model.config.weight_kl_schedule == "elbo")
+    return _TrainStep(step)
 
 
 class _TrainStep:
     """`make_train_step`'s jitted step with `data_steps` optional: every call passes all five arguments,
-    as a sharded jit needs, and the count is a traced value, so a growing replay never recompiles it."""
+    as a sharded jit needs (None when not given; `WorldModel.loss` says when the schedule needs it), and
+    the count is a traced value, so a growing replay never recompiles it."""
 
-    def __init__(self, jitted, needs_data_steps: bool):
-        self._jitted, self._needs_data_steps = jitted, needs_data_steps
+    def __init__(self, jitted):
+        self._jitted = jitted
 
-    def _arguments(self, params, opt_state, key, batch, data_steps=None):
-        if data_steps is None:
-            if self._needs_data_steps:
-                raise ValueError(NEEDS_DATA_STEPS)
-            data_steps = np.float32(0)  # unused by the constant schedule
-        return params, opt_state, key, batch, (data_steps if isinstance(data_steps, jax.Array)
-                                               else np.float32(data_steps))
+    @staticmethod
+    def _arguments(params, opt_state, key, batch, data_steps=None):
+        if data_steps is not None and not isinstance(data_steps, jax.Array):
+            data_steps = np.float32(data_steps)
+        return params, opt_state, key, batch, data_steps
 
     def __call__(self, *args, **kwargs):
         return self._jitted(*self._arguments(*args, **kwargs))
