@@ -41,17 +41,14 @@ class ModelConfig:
     transition: posterior family of the transition's dense layers ("deterministic" is plain PlaNet).
     train_weights: "fresh" (a new draw per call, per the estimator) or "per_sequence" (one weight sample
       held along each training sequence).
-    weight_kl_scale: multiplies the weight KL in the loss. The data term is a mean per sequence step, so
-      the ELBO's scale is 1 / (sequence steps the data term stands for); the default is PlaNet's schedule
-      in those units, 1 / (100 updates x 50 sequences x 50 steps) per collected episode = 4e-6. The old
-      default, 2e-4 (the same schedule per sequence, 50x too strong for a per-step data term), let the
-      weight KL outweigh the small data gradient of the transition's prior layers: Adam turned it into a
-      steady climb of their posterior std toward the N(0, prior_std^2) prior (0.01 -> 0.3 in 2000 updates
-      of the quickstart model, 0.78 after a 100k-step run), and imagination under sampled weights became
-      noise (issue 17; `bench/imagination.py` measures it).
-    weight_kl_schedule: "constant" (`weight_kl_scale` at every update) or "elbo" (1 / the number of
-      sequence steps in the training data, the ELBO's own weighting for a per-step data term, so the
-      posterior narrows as data comes in; `weight_kl_scale` is then not used). See `loss`.
+    weight_kl_schedule: how the weight KL is weighted against the data term, a mean per sequence step:
+      "elbo" (the default: 1 / the number of sequence steps in the training data, the ELBO's own weighting,
+      so the posterior narrows as data comes in and widens where data is scarce) or "constant"
+      (`weight_kl_scale` at every update).
+    weight_kl_scale: the KL weight under the "constant" schedule. 4e-6 is PlaNet's schedule in these units
+      (1 / (100 updates x 50 sequences x 50 steps) per collected episode); it keeps the posterior at its
+      init, a point mass whose spread does not follow the data. The original 2e-4 walked the prior layers'
+      posterior to the weight prior (issue 17).
     prior_std, prior_scaling: the weight prior of the transition's Bayesian layers, N(0, prior_std^2)
       ("none") or N(0, prior_std^2 / fan_in) ("fan_in": the scale of the layers' initialization).
     reward_noise: the reward likelihood's std: "fixed" (`reward_std` everywhere; PlaNet's unit variance
@@ -60,10 +57,13 @@ class ModelConfig:
       unit variance the calibration report can only call a small-reward task underconfident (cheetah's
       rewards are 0 to 0.6); a trainable std lets the intervals mean something (issue 20).
     free_nats_side: which side of the latent KL free nats switch off at steps whose KL is below
-      `free_nats`: "both" (PlaNet: neither distribution gets a gradient there) or "posterior" (the
-      posterior is not pulled toward the prior there, but the prior always learns to predict the posterior;
-      see `free_nats_kl`). "posterior" did not stop the drift above on its own (measured: prior_out std
-      0.31 vs 0.30 after 2000 updates), so PlaNet's "both" stays the default.
+      `free_nats`: "posterior" (the default: the posterior is not pulled toward the prior there, but the
+      prior always learns to predict it; see `free_nats_kl`) or "both" (PlaNet: neither gets a gradient).
+      With "both", the transition's prior layers (`prior_hidden`, `prior_out`) learn from nothing but the
+      weight KL while the latent KL sits under the free nats, so their posterior becomes the weight prior
+      and imagination under sampled weights becomes noise (issue 17; `bench/epistemic.py` and
+      `tests/test_transition_posterior.py` measure both failure modes). PlaNet's deterministic model is
+      ``transition="deterministic", free_nats_side="both"``.
     """
 
     observation: str = "pixels"
@@ -86,10 +86,10 @@ class ModelConfig:
     posterior_std_init: float = 0.01
     dropout_rate: float = 0.1
     weight_kl_scale: float = 4e-6
-    weight_kl_schedule: str = "constant"
+    weight_kl_schedule: str = "elbo"
     train_weights: str = "fresh"
     free_nats: float = 3.0
-    free_nats_side: str = "both"
+    free_nats_side: str = "posterior"
     reward_scale: float = 10.0
     image_bits: int = 5
 
@@ -252,12 +252,14 @@ class WorldModel:
         """Negative ELBO per time step, averaged over ``[B, T]``: image and reward NLL (unit variance,
         constants dropped; reward scaled by `reward_scale`), the latent KL with free nats, plus the
         weights' KL times `weight_kl_scale`, or times 1 / `data_steps` (sequence steps in the training
-        data) under ``weight_kl_schedule="elbo"``. Returns ``(loss, metrics)``."""
+        data; a Bayesian model needs it) under ``weight_kl_schedule="elbo"``. Returns ``(loss, metrics)``."""
         c = self.config
-        if c.weight_kl_schedule == "elbo":
-            if data_steps is None:
+        if c.weight_kl_schedule == "elbo" and data_steps is None:
+            if c.transition != "deterministic":
                 raise ValueError("model.weight_kl_schedule='elbo' needs data_steps, the number of sequence "
                                  "steps in the training data")
+            kl_scale = jnp.zeros((), jnp.float32)  # no weights to weigh
+        elif c.weight_kl_schedule == "elbo":
             kl_scale = 1.0 / jnp.maximum(jnp.asarray(data_steps, jnp.float32), 1.0)
         else:
             kl_scale = jnp.asarray(c.weight_kl_scale, jnp.float32)

@@ -75,8 +75,8 @@ def train(episodes, scale: float | None, updates: int, seed: int, std_init: floa
     """A world model fitted to `episodes`; `scale` None: the ELBO's, 1 / (steps in `episodes`)."""
     if scale is None:
         scale = 1.0 / sum(len(episode["reward"]) for episode in episodes)
-    config = ModelConfig(**{**SIZES, **model_options}, weight_kl_scale=scale, posterior_std_init=std_init,
-                         prior_scaling=prior_scaling)
+    config = ModelConfig(**{**SIZES, **model_options}, weight_kl_schedule="constant", weight_kl_scale=scale,
+                         posterior_std_init=std_init, prior_scaling=prior_scaling)
     model = WorldModel(config, 1, episodes[0]["observation"].shape[1:])
     rng = np.random.default_rng(seed)
     params = model.init(jax.random.PRNGKey(seed), sample_batch(episodes, 6, 16, rng))

@@ -99,10 +99,11 @@ def train_variant(name: str, overrides: list[str], train_episodes, train_windows
     params = model.init(jax.random.PRNGKey(args.seed), sample_batch(train_episodes, 1, 2, rng))
     optimizer = make_optimizer(c.learning_rate, c.adam_eps, c.grad_clip, c.warmup_steps)
     opt_state, step = optimizer.init(params), make_train_step(model, optimizer)
+    data_steps = np.float32(sum(len(episode["reward"]) for episode in train_episodes))
     rows, history, start = [], [], time.perf_counter()
     for update in range(1, args.updates + 1):
         batch = sample_batch(train_episodes, c.batch_size, c.sequence_length, rng)
-        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(update), batch)
+        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(update), batch, data_steps)
         history.append(metrics)
         if update % args.every == 0:
             recent = {k: float(np.mean([float(m[k]) for m in history[-args.every:]]))

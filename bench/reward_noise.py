@@ -51,7 +51,7 @@ def train(logdir: str, overrides: list[str], updates: int, seed: int) -> Run:
     replay, rng = Replay(os.path.join(logdir, "episodes"), read_only=True), np.random.default_rng(seed)
     for index in range(updates):
         batch = replay.sample(c.batch_size, c.sequence_length, rng)
-        params, opt_state, _ = step(params, opt_state, jax.random.PRNGKey(index), batch)
+        params, opt_state, _ = step(params, opt_state, jax.random.PRNGKey(index), batch, replay.num_steps)
     return Run(config, model, params, updates, logdir)
 
 

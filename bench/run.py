@@ -182,9 +182,10 @@ def rss_child(directory: str, preset: str) -> None:
                                                       rng).items() if k in keys}
     params = model.init(jax.random.PRNGKey(0), {k: v[:1, :2] for k, v in sample().items()})  # as the trainer does
     opt_state = optimizer.init(params)
-    memory.compile_ahead(step, params, opt_state, jax.random.PRNGKey(0), sample())  # as the trainer does
+    data_steps = np.float32(replay.num_steps)
+    memory.compile_ahead(step, params, opt_state, jax.random.PRNGKey(0), sample(), data_steps)  # as the trainer does
     for index in range(RSS_STEPS):
-        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(index), sample())
+        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(index), sample(), data_steps)
         jax.block_until_ready(metrics)
     # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
     with open("/proc/self/status") as status:

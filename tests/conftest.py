@@ -71,7 +71,7 @@ def trained_on_cartpole(cartpole_episodes, tmp_path_factory):
     history = []
     for i in range(STEPS):
         batch = replay.sample(BATCH, LENGTH, rng)
-        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(i), batch)
+        params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(i), batch, replay.num_steps)
         history.append({k: float(v) for k, v in metrics.items()})
     return model, params, history
 

@@ -165,12 +165,12 @@ def test_a_nan_batch_skips_the_update_and_is_counted():
     step, opt_state = make_train_step(model, optimizer), optimizer.init(params)
     poisoned = dict(batch, reward=batch["reward"].copy())
     poisoned["reward"][1, 2] = np.nan
-    kept, kept_state, metrics = step(params, opt_state, jax.random.PRNGKey(1), poisoned)
+    kept, kept_state, metrics = step(params, opt_state, jax.random.PRNGKey(1), poisoned, 100.0)
     assert float(metrics["nonfinite"]) == 1.0
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(params), strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(kept_state), jax.tree.leaves(opt_state),
                                                     strict=True))
-    moved, _, metrics = step(params, opt_state, jax.random.PRNGKey(1), batch)
+    moved, _, metrics = step(params, opt_state, jax.random.PRNGKey(1), batch, 100.0)
     assert float(metrics["nonfinite"]) == 0.0
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params), strict=True))
 

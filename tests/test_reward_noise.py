@@ -71,7 +71,7 @@ def test_the_fixed_std_keeps_planets_loss_and_parameters():
         params = model.init(jax.random.PRNGKey(0), batch)
         shapes[noise] = {f"{module}/{name}": value.shape for module, values in params.items()
                          for name, value in values.items() if module.startswith("reward")}
-        _, terms = model.loss(params, jax.random.PRNGKey(1), batch)
+        _, terms = model.loss(params, jax.random.PRNGKey(1), batch, data_steps=100.0)
         states = model.observe(params, jax.random.PRNGKey(2), model.initial_state(2), batch["observation"],
                                batch["action"])
         predicted, std = model.reward(params, states), model.reward_std(params, states)

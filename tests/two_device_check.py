@@ -34,16 +34,16 @@ def main(logdir: str, tiny_run: list[str]) -> None:
     optimizer = make_optimizer()
     opt_state = optimizer.init(params)
     mesh = parallel.device_mesh()
-    key = jax.random.PRNGKey(1)
+    key, data_steps = jax.random.PRNGKey(1), np.float32(1000)
 
-    single = make_train_step(model, optimizer)(params, opt_state, key, batch)
+    single = make_train_step(model, optimizer)(params, opt_state, key, batch, data_steps)
     sharded_step = make_train_step(model, optimizer, mesh)
     sharded_batch = parallel.shard_batch(batch, mesh)
-    sharded = sharded_step(params, opt_state, key, sharded_batch)
-    grad = jax.jit(jax.grad(lambda p, b: model.loss(p, key, b)[0]))
-    grad_sharded = jax.jit(jax.grad(lambda p, b: model.loss(p, key, b)[0]),
+    sharded = sharded_step(params, opt_state, key, sharded_batch, data_steps)
+    grad = jax.jit(jax.grad(lambda p, b: model.loss(p, key, b, data_steps)[0]))
+    grad_sharded = jax.jit(jax.grad(lambda p, b: model.loss(p, key, b, data_steps)[0]),
                            in_shardings=(parallel.replicated(mesh), parallel.split_leading(mesh)))
-    hlo = sharded_step.lower(params, opt_state, key, sharded_batch).compile().as_text()
+    hlo = sharded_step.lower(params, opt_state, key, sharded_batch, data_steps).compile().as_text()
 
     planner = CEM(horizon=5, iterations=3, candidates=32, top_k=4)
     frame = episodes[0]["observation"][3]
