@@ -137,6 +137,7 @@ RANGES = {
     "model.dropout_rate": (0.0, 0.99),
     "model.prior_std": (1e-6, None),
     "model.posterior_std_init": (1e-6, None),
+    "model.weight_kl_temperature": (1e-6, None),
     "model.reward_std": (1e-6, None),
     "planner.weight_samples": (0, None),
     "planner.alpha": (1e-6, 1.0),

@@ -45,6 +45,8 @@ class ModelConfig:
       "elbo" (the default: 1 / the number of sequence steps in the training data, the ELBO's own weighting,
       so the posterior narrows as data comes in and widens where data is scarce) or "constant"
       (`weight_kl_scale` at every update).
+    weight_kl_temperature: T in the "elbo" schedule's weight, T / data_steps. 1 is the ELBO; T < 1 is a
+      cold posterior (Wenzel et al., 2020): narrower, still narrowing with data.
     weight_kl_scale: the KL weight under the "constant" schedule. 4e-6 is PlaNet's schedule in these units
       (1 / (100 updates x 50 sequences x 50 steps) per collected episode); it keeps the posterior at its
       init, a point mass whose spread does not follow the data. The original 2e-4 walked the prior layers'
@@ -87,6 +89,7 @@ class ModelConfig:
     dropout_rate: float = 0.1
     weight_kl_scale: float = 4e-6
     weight_kl_schedule: str = "elbo"
+    weight_kl_temperature: float = 1.0
     train_weights: str = "fresh"
     free_nats: float = 3.0
     free_nats_side: str = "posterior"
@@ -251,8 +254,8 @@ class WorldModel:
              data_steps: jax.Array | float | None = None):
         """Negative ELBO per time step, averaged over ``[B, T]``: image and reward NLL (unit variance,
         constants dropped; reward scaled by `reward_scale`), the latent KL with free nats, plus the
-        weights' KL times `weight_kl_scale`, or times 1 / `data_steps` (sequence steps in the training
-        data; a Bayesian model needs it) under ``weight_kl_schedule="elbo"``. Returns ``(loss, metrics)``."""
+        weights' KL times `weight_kl_scale`, or times `weight_kl_temperature` / `data_steps` (sequence
+        steps in the training data; a Bayesian model needs it) under ``weight_kl_schedule="elbo"``. Returns ``(loss, metrics)``."""
         c = self.config
         if c.weight_kl_schedule == "elbo" and data_steps is None:
             if c.transition != "deterministic":
@@ -260,7 +263,7 @@ class WorldModel:
                                  "steps in the training data")
             kl_scale = jnp.zeros((), jnp.float32)  # no weights to weigh
         elif c.weight_kl_schedule == "elbo":
-            kl_scale = 1.0 / jnp.maximum(jnp.asarray(data_steps, jnp.float32), 1.0)
+            kl_scale = c.weight_kl_temperature / jnp.maximum(jnp.asarray(data_steps, jnp.float32), 1.0)
         else:
             kl_scale = jnp.asarray(c.weight_kl_scale, jnp.float32)
         key_noise, key_weights, key_apply = jax.random.split(key, 3)

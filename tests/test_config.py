@@ -49,6 +49,7 @@ def test_overrides_are_typed_and_nested():
     ("planner.objective=greedy", r"config key 'planner.objective' must be one of \('mean', 'optimistic'"),
     ("model.transition=bayes", r"config key 'model.transition' must be one of \('deterministic'"),
     ("planner.matmul_dtype=float16", r"config key 'planner.matmul_dtype' must be one of \('float32', 'bfloat16'\)"),
+    ("model.weight_kl_temperature=0", "config key 'model.weight_kl_temperature' must be >= 1e-06, got 0"),
     ("model.prior_scaling=fan_out", r"config key 'model.prior_scaling' must be one of \('none', 'fan_in'\)"),
     ("planner=3", "config section 'planner' must be a mapping"),
     ("batch_size", "override 'batch_size' must look like section.key=value"),

@@ -187,6 +187,9 @@ def test_elbo_schedule_weighs_the_weight_kl_by_one_over_the_data_steps(model_and
         loss, elbo_terms = elbo_model.loss(params, KEY, _batch(), data_steps)
         assert float(elbo_terms["weight_kl_scale"]) == pytest.approx(1.0 / data_steps)
         assert float(loss) == pytest.approx(data_part + float(terms["weight_kl"]) / data_steps, rel=1e-5)
+    cold_model = WorldModel(tiny_config(weight_kl_temperature=0.1), A)  # a cold posterior: 0.1 / data_steps
+    _, cold_terms = cold_model.loss(params, KEY, _batch(), 250.0)
+    assert float(cold_terms["weight_kl_scale"]) == pytest.approx(0.1 / 250.0)
     # a train step takes the count as a traced value: a growing replay does not recompile it
     step = make_train_step(elbo_model, make_optimizer())
     opt_state = make_optimizer().init(params)
