@@ -255,7 +255,8 @@ class WorldModel:
         """Negative ELBO per time step, averaged over ``[B, T]``: image and reward NLL (unit variance,
         constants dropped; reward scaled by `reward_scale`), the latent KL with free nats, plus the
         weights' KL times `weight_kl_scale`, or times `weight_kl_temperature` / `data_steps` (sequence
-        steps in the training data; a Bayesian model needs it) under ``weight_kl_schedule="elbo"``. Returns ``(loss, metrics)``."""
+        steps in the training data; a Bayesian model needs it) under ``weight_kl_schedule="elbo"``.
+        Returns ``(loss, metrics)``."""
         c = self.config
         if c.weight_kl_schedule == "elbo" and data_steps is None:
             if c.transition != "deterministic":
