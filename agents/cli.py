@@ -150,6 +150,32 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plancheck(args: argparse.Namespace) -> int:
+    from bayes_planet.agents.reports import format_plan_check, plan_check_report, write_json
+    from bayes_planet.agents.run import load_run
+    from tqdm import tqdm
+
+    _positive(args, "states")
+    if args.candidates < 3:
+        raise UsageError(f"--candidates must be >= 3 (the plan, a perturbed and a random sequence), got "
+                         f"{args.candidates}")
+    if args.perturbation < 0:
+        raise UsageError(f"--perturbation must be >= 0, got {args.perturbation}")
+    reports = {}
+    for logdir in args.logdir:
+        run = load_run(logdir)
+        steps = getattr(run.make_env().unwrapped, "max_episode_steps", None)
+        with tqdm(total=steps, desc=f"plan check {logdir}", leave=False, disable=args.no_progress) as bar:
+            reports[logdir] = plan_check_report(run, args.states, args.candidates, args.perturbation,
+                                                args.weight_samples, args.seed, on_step=lambda: bar.update(1))
+    print(format_plan_check(reports))
+    path = os.path.join(args.logdir[0], "plancheck", "plan_check.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json(path, reports)
+    print(f"json: {path}")
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from bayes_planet.agents.sweep import grid, parse_variant, ray_submitter, run_grid
 
@@ -236,6 +262,14 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _side_by_side_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a report that puts several runs side by side: repeatable --logdir, --weight-samples."""
+    parser.add_argument("--logdir", required=True, action="append", help="run directory (repeatable)")
+    parser.add_argument("--weight-samples", type=int, default=None,
+                        help="K weight samples (default: the planner's K for a Bayesian model, 0 otherwise)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bayes_planet.config import preset_names
 
@@ -309,14 +343,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "coverage of its central 50%% and 90%% intervals against nominal. Several --logdir (say a "
                     "Bayesian and a deterministic run) are reported side by side; files go to the first one's "
                     "calibration/.")
-    calibrate.add_argument("--logdir", required=True, action="append", help="run directory (repeatable)")
+    _side_by_side_arguments(calibrate)
     calibrate.add_argument("--episodes", type=int, default=4, help="held-out episodes (default 4)")
     calibrate.add_argument("--horizon", type=int, default=12, help="open-loop steps (default 12)")
-    calibrate.add_argument("--weight-samples", type=int, default=None,
-                           help="K weight samples (default: the planner's K for a Bayesian model, 0 otherwise)")
     calibrate.add_argument("--latent-samples", type=int, default=4, help="latent noise draws per weight sample")
-    calibrate.add_argument("--no-progress", action="store_true", help="no progress bars")
     calibrate.set_defaults(run=_calibrate)
+    plancheck = commands.add_parser(
+        "plancheck", help="the planner's choices against the true dynamics, on a few states of a new episode",
+        description="Along one new episode without exploration noise, at --states steps: the planner's plan and "
+                    "--candidates minus 1 alternatives (half the plan perturbed, half uniform random) scored by the "
+                    "world model (imagined return under K weight samples) and by the simulator from the same "
+                    "state. Prints, mean +- std over states: the rank correlation of imagined and true returns, "
+                    "the plan's percentile and regret in true return among the candidates, the regret of the "
+                    "model's own top pick, the plan's imagined-minus-true return and its spread across weight "
+                    "samples. DeepMind Control tasks only; files go to the first --logdir's plancheck/.")
+    _side_by_side_arguments(plancheck)
+    plancheck.add_argument("--states", type=int, default=8, help="planning states checked (default 8)")
+    plancheck.add_argument("--candidates", type=int, default=64, help="sequences per state, the plan included")
+    plancheck.add_argument("--perturbation", type=float, default=0.3, help="std of the plan's perturbations")
+    plancheck.add_argument("--seed", type=int, default=0, help="env seed and keys of the episode (default 0)")
+    plancheck.set_defaults(run=_plancheck)
     sweep = commands.add_parser(
         "sweep", help="train a grid of runs: tasks x variants x seeds, each its own run directory",
         description="Train every run of the grid as SWEEP/<task>/<variant>/seed-<n> (the usual run directory, with "

@@ -1,4 +1,5 @@
-"""Reports on a trained run: open-loop predictions, latent velocity probes, reward calibration.
+"""Reports on a trained run: open-loop predictions, latent velocity probes, reward calibration, and the
+planner's choices against the true dynamics.
 
 Each takes a `Run` (`agents.run`: config, model, params) and held-out episodes as arrays, computes with the
 pure functions of `bayes_planet.openloop` / `probes` / `calibration`, and writes files next to the run.
@@ -7,18 +8,21 @@ pure functions of `bayes_planet.openloop` / `probes` / `calibration`, and writes
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import itertools
 import json
 import os
 
 import jax
 import numpy as np
 
-from bayes_planet import calibration, probes
+from bayes_planet import calibration, plan_quality, probes
 from bayes_planet.errors import UsageError
 from bayes_planet.files import atomic_write
 from bayes_planet.openloop import open_loop
 from bayes_planet.viz import save_figure, write_open_loop_report
+from bayes_planet.world_model import imagine_under_samples
 
 
 def report_weight_samples(run, weight_samples: int | None = None) -> int:
@@ -216,3 +220,64 @@ def plot_reliability(tables: dict[str, dict], path: str) -> None:
     axis.set_title("open-loop reward calibration")
     axis.legend(loc="best", fontsize=7)
     save_figure(figure, path)
+
+
+# ------------------------------------------------------------------------------------------ planning
+def plan_check_report(run, states: int = 8, candidates: int = 64, perturbation: float = 0.3,
+                      weight_samples: int | None = None, seed: int = 0, on_step=None) -> dict:
+    """Score the planner's choices against the true dynamics along one new episode (no exploration noise):
+    at `states` agent steps spread over the episode, the plan and ``candidates - 1`` alternatives (half
+    perturbed by `perturbation`, half uniform; `plan_quality.candidate_sequences`) are scored by the world
+    model under K weight samples (`report_weight_samples`) and by the env's own simulator from the same
+    state (`DMCEnv.simulate_returns`). Returns the per-state scores (`plan_quality.plan_quality`), their
+    mean and std, the episode's return and the settings. `on_step()` is called after every agent step."""
+    if states < 1:
+        raise UsageError(f"--states must be >= 1, got {states}")
+    env = run.make_env(seed=seed)
+    simulate = getattr(env.unwrapped, "simulate_returns", None)
+    if simulate is None:
+        raise UsageError(f"{run.config.env.task}: the plan check needs an env that can simulate from its "
+                         "current state (DeepMind Control tasks)")
+    agent = run.agent()
+    horizon, k = agent.planner.horizon, report_weight_samples(run, weight_samples)
+    rollout = jax.jit(functools.partial(imagine_under_samples, run.model, samples=k))
+    rng = np.random.default_rng(seed)
+    key_episode, key_steps, key_model = jax.random.split(jax.random.PRNGKey(seed), 3)
+    last = getattr(env.unwrapped, "max_episode_steps", horizon + 1) - horizon
+    checked = set(np.linspace(0, max(last, 0), states).round().astype(int).tolist())
+    state, rows, total = agent.reset(key_episode), [], 0.0
+    observation, _ = env.reset(seed=seed)
+    for step in itertools.count():
+        action, state = agent.step(run.params, jax.random.fold_in(key_steps, step), state, observation)
+        if step in checked:
+            plan = np.asarray(state.plan)
+            if plan.shape != (horizon, run.model.action_dim):
+                raise UsageError(f"planner {run.config.planner.name!r} keeps a plan of shape {plan.shape}, not "
+                                 f"its action sequence [{horizon}, {run.model.action_dim}]: the plan check needs one")
+            sequences = plan_quality.candidate_sequences(rng, plan, candidates, perturbation)
+            key = jax.random.fold_in(key_model, step)
+            rewards, _ = rollout(run.params, key, state.latent, sequences, key if k else None)
+            imagined = np.asarray(rewards).sum(axis=-1).T  # [N, K]
+            rows.append({"step": step, **plan_quality.plan_quality(imagined, simulate(sequences))})
+        observation, reward, terminated, truncated, _ = env.step(action)
+        total += reward
+        if on_step is not None:
+            on_step()
+        if terminated or truncated:
+            break
+    env.close()
+    return {"states": rows, "summary": plan_quality.summarize([{k_: v for k_, v in r.items() if k_ != "step"}
+                                                               for r in rows]),
+            "episode_return": total, "weight_samples": k, "candidates": candidates, "perturbation": perturbation,
+            "horizon": horizon, "transition": run.config.model.transition, "updates": run.updates, "seed": seed}
+
+
+def format_plan_check(reports: dict[str, dict]) -> str:
+    """Text table, one line per run: mean +- std over states of the main scores."""
+    names = ("rank_correlation", "plan_percentile", "plan_regret", "model_pick_regret", "plan_imagined_error",
+             "plan_spread", "true_range")
+    lines = [f"{'run':<40} {'return':>7} " + " ".join(f"{n:>22}" for n in names)]
+    for run, report in reports.items():
+        cells = " ".join(f"{report['summary'][n]['mean']:>12.3f} +- {report['summary'][n]['std']:<6.3f}" for n in names)
+        lines.append(f"{run[-40:]:<40} {report['episode_return']:>7.1f} {cells}")
+    return "\n".join(lines)

@@ -142,8 +142,7 @@ class DMCEnv(gym.Env):
         return self._observation(time_step), self._info()
 
     def step(self, action):
-        action = check_action(action, self.action_space.shape)
-        scaled = self._action_low + (action + 1.0) * 0.5 * (self._action_high - self._action_low)
+        scaled = self._scaled(action)
         reward, terminated = 0.0, False
         for _ in range(self.action_repeat):
             time_step = self._env.step(scaled)
@@ -156,6 +155,32 @@ class DMCEnv(gym.Env):
                 break
         truncated = not terminated and (time_step.last() or self._env_steps >= EPISODE_ENV_STEPS)
         return self._observation(time_step), float(reward), bool(terminated), bool(truncated), self._info()
+
+    def simulate_returns(self, action_sequences) -> np.ndarray:
+        """The true return of each action sequence ``[N, H, A]`` (in ``[-1, 1]``) from the current state, as
+        `step` would sum it (each action repeated `action_repeat` times), for ``[N]`` returns. Each sequence
+        runs on a copy of the physics, so the episode goes on as if this had not been called; nothing is
+        rendered, and the sequences may run past the episode's 1000 env steps."""
+        action_sequences = np.asarray(action_sequences)
+        if action_sequences.ndim != 3:
+            raise ValueError(f"action sequences must be [N, H, A], got shape {action_sequences.shape}")
+        physics, task = self._env.physics, self._env.task
+        sub_steps = max(1, round(self._env.control_timestep() / physics.timestep()))  # as the suite env steps
+        returns = np.zeros(len(action_sequences))
+        for index, sequence in enumerate(action_sequences):
+            copy = physics.copy(share_model=True)
+            for action in sequence:
+                scaled = self._scaled(action)
+                for _ in range(self.action_repeat):
+                    task.before_step(scaled, copy)
+                    copy.step(sub_steps)
+                    task.after_step(copy)
+                    returns[index] += task.get_reward(copy)
+        return returns
+
+    def _scaled(self, action) -> np.ndarray:
+        action = check_action(action, self.action_space.shape)
+        return self._action_low + (action + 1.0) * 0.5 * (self._action_high - self._action_low)
 
     def render(self):
         """An rgb_array frame of the observation camera, at the observation size."""

@@ -139,6 +139,18 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     assert all(0 <= c <= 1 for c in table["coverage_50"] + table["coverage_90"])
     assert "cover 90%" in capsys.readouterr().out
 
+    assert main(["plancheck", *common, "--states", "3", "--candidates", "9"]) == 0
+    with open(os.path.join(logdir, "plancheck", "plan_check.json")) as handle:
+        (report,) = json.load(handle).values()
+    assert [row["step"] for row in report["states"]] == [0, 60, 121]  # spread over the 125 steps, 4-step horizon
+    assert report["weight_samples"] == 2 and report["candidates"] == 9 and report["episode_return"] > 0
+    for row in report["states"]:  # returns of 4 agent steps of cartpole: at most 8 x 4 env steps' rewards of 1
+        assert 0 <= row["plan_true"] <= 32 and 0 <= row["plan_regret"] <= row["true_range"] <= 32
+        assert (row["plan_regret"] == 0) == (row["plan_percentile"] == 1) and -1 <= row["rank_correlation"] <= 1
+    assert "rank_correlation" in capsys.readouterr().out
+    assert main(["plancheck", *common, "--candidates", "2"]) == 2
+    assert "--candidates must be >= 3" in capsys.readouterr().err
+
     assert main(["probe", *common, "--fit-episodes", "1", "--episodes", "1"]) == 2
     assert "probes need at least 2 episodes to fit and 1 to test, got 1 and 1" in capsys.readouterr().err
     assert main(["openloop", "--logdir", os.path.join(logdir, "missing")]) == 2

@@ -81,6 +81,27 @@ def test_episode_truncates_at_1000_env_steps():
     assert step == 125 == env.max_episode_steps and info["env_steps"] == 1000
 
 
+@pytest.mark.parametrize("task", ["dmc:walker-walk", "dmc:cartpole-swingup"])  # 10 and 1 physics steps per env step
+def test_simulated_returns_are_the_episodes_own_and_leave_it_unchanged(task):
+    env, twin = envs.make(task, seed=3), envs.make(task, seed=3)
+    rng = np.random.default_rng(0)
+    for e in (env, twin):
+        e.reset(seed=3)
+    for action in rng.uniform(-1, 1, (5, *env.action_space.shape)):
+        env.step(action)
+        twin.step(action)
+    sequences = rng.uniform(-1, 1, (3, 6, *env.action_space.shape))
+    simulated = env.simulate_returns(sequences)
+    assert len(set(simulated.round(6))) == 3  # different sequences, different returns
+    for e in (env, twin):  # the simulation left `env` where `twin` is: same rewards, frames and state from here on
+        e.rewards = [e.step(action)[1] for action in sequences[1]]
+    assert env.rewards == twin.rewards and env.rewards[0] != 0
+    assert np.isclose(sum(env.rewards), simulated[1], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(env.render(), twin.render())
+    with pytest.raises(ValueError, match=r"\[N, H, A\]"):
+        env.simulate_returns(sequences[0])
+
+
 def test_state_observations():
     env = envs.make("dmc:walker-walk", observation="state", seed=0)
     obs, _ = env.reset(seed=0)

@@ -323,7 +323,7 @@ def test_read_only_commands_on_a_run_without_checkpoint_write_nothing(tmp_path, 
     os.makedirs(logdir)
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "configs", "quickstart.yaml"),
                 os.path.join(logdir, "config.yaml"))
-    for command in ("eval", "openloop", "probe", "calibrate"):
+    for command in ("eval", "openloop", "probe", "calibrate", "plancheck"):
         assert main([command, "--logdir", logdir, "--no-progress"]) == 2
         assert "has no checkpoint yet" in capsys.readouterr().err
     assert os.listdir(logdir) == ["config.yaml"]

@@ -1,11 +1,11 @@
-"""Seeing inside the model: probes, calibration and open-loop predictions."""
+"""Seeing inside the model: probes, calibration, open-loop predictions and the planner's choices."""
 
 import imageio.v3 as iio
 import jax
 import numpy as np
 import pytest
 
-from bayes_planet import calibration, probes
+from bayes_planet import calibration, plan_quality, probes
 from bayes_planet.openloop import as_uint8, open_loop, squared_error_by_step
 from bayes_planet.viz import HEADER_HEIGHT, LABEL_WIDTH, open_loop_grid, write_open_loop_report
 
@@ -138,3 +138,30 @@ def test_open_loop_video_and_strip_have_the_right_frames_and_size(open_loop_resu
     strip = iio.imread(paths["png"])
     assert strip.ndim == 3 and strip.shape[1] > strip.shape[0]  # one sequence, steps along the width
     assert iio.imread(paths["reward"]).ndim == 3
+
+
+def test_plan_quality_scores_a_perfect_a_reversed_and_an_unsure_model():
+    true = np.array([3.0, 5.0, 1.0, 4.0, 2.0])  # the plan (row 0) is third of five
+    perfect = plan_quality.plan_quality(true[:, None], true)
+    assert perfect["rank_correlation"] == pytest.approx(1.0) and perfect["model_pick_regret"] == 0
+    assert perfect["plan_regret"] == 2 and perfect["plan_percentile"] == 0.5 and perfect["true_range"] == 4
+    assert perfect["plan_imagined_error"] == 0 and perfect["plan_spread"] == 0
+    reversed_ = plan_quality.plan_quality(-true[:, None], true)
+    assert reversed_["rank_correlation"] == pytest.approx(-1.0) and reversed_["model_pick_regret"] == 4
+    unsure = plan_quality.plan_quality(np.stack([true + 1, true - 1, true + 3], axis=1), true)  # 3 weight samples
+    assert unsure["plan_imagined_error"] == pytest.approx(1.0)
+    assert unsure["plan_spread"] == pytest.approx(np.std([1, -1, 3]))
+    assert np.isnan(plan_quality.rank_correlation(np.ones(5), true))
+    with pytest.raises(ValueError, match="imagined"):
+        plan_quality.plan_quality(true, true)
+
+
+def test_candidates_are_the_plan_then_perturbations_then_uniform_actions():
+    plan = np.full((12, 2), 0.5, np.float32)
+    candidates = plan_quality.candidate_sequences(np.random.default_rng(0), plan, 65, 0.1)
+    assert candidates.shape == (65, 12, 2) and np.abs(candidates).max() <= 1
+    np.testing.assert_array_equal(candidates[0], plan)
+    distance = np.abs(candidates - plan).mean(axis=(1, 2))
+    assert distance[1:33].max() < 0.15 < 0.3 < distance[33:].min()  # 32 near the plan, 32 anywhere
+    with pytest.raises(ValueError, match="at least 3"):
+        plan_quality.candidate_sequences(np.random.default_rng(0), plan, 2, 0.1)

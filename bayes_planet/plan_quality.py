@@ -1,0 +1,67 @@
+"""Does the planner choose well under the true dynamics? Pure functions of imagined and true returns.
+
+At one state of a real episode, take the planner's plan and alternatives around it and elsewhere, score
+each with the world model (``imagined [N, K]``: its return under K transition weight samples) and with the
+real simulator (``true [N]``), and ask: does the model rank the sequences as the simulator does, and how
+much true return does the plan give up against the best alternative? Row 0 is always the plan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def candidate_sequences(rng: np.random.Generator, plan: np.ndarray, count: int, perturbation: float) -> np.ndarray:
+    """``[count, H, A]`` action sequences in ``[-1, 1]``: row 0 the plan ``[H, A]``, then half the rest the
+    plan plus ``N(0, perturbation^2)`` noise (clipped), and the others uniform random."""
+    if count < 3:
+        raise ValueError(f"need at least 3 candidates (the plan, a perturbed one and a random one), got {count}")
+    plan = np.asarray(plan, np.float32)
+    perturbed = (count - 1) // 2
+    near = np.clip(plan + perturbation * rng.standard_normal((perturbed, *plan.shape)), -1.0, 1.0)
+    far = rng.uniform(-1.0, 1.0, (count - 1 - perturbed, *plan.shape))
+    return np.concatenate([plan[None], near, far]).astype(np.float32)
+
+
+def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation of two ``[N]`` vectors (nan where one of them is constant)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.spearmanr(x, y).statistic)
+
+
+def plan_quality(imagined: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    """Scores of one planning state from the imagined returns ``[N, K]`` and the true ones ``[N]`` (row 0:
+    the plan). Returns, in the env's reward units unless said otherwise:
+
+    - ``rank_correlation``: Spearman's, between the imagined mean return and the true return;
+    - ``plan_regret``: the best true return among the candidates minus the plan's (>= 0);
+    - ``plan_percentile``: the fraction of the other candidates whose true return is at most the plan's;
+    - ``model_pick_regret``: the best true return minus that of the candidate the model ranks first;
+    - ``plan_imagined``, ``plan_true`` and ``plan_imagined_error`` (imagined mean minus true) of the plan;
+    - ``plan_spread``: the std of the plan's imagined return across the K weight samples (0 for K = 1);
+    - ``true_range``: the best minus the worst true return, the scale the regrets are read against.
+    """
+    imagined, true = np.asarray(imagined, np.float64), np.asarray(true, np.float64)
+    if imagined.ndim != 2 or true.shape != imagined.shape[:1] or len(true) < 2:
+        raise ValueError(f"expected imagined [N, K] and true [N] with N >= 2, got {imagined.shape} and {true.shape}")
+    mean = imagined.mean(axis=1)
+    return {
+        "rank_correlation": rank_correlation(mean, true),
+        "plan_regret": float(true.max() - true[0]),
+        "plan_percentile": float(np.mean(true[1:] <= true[0])),
+        "model_pick_regret": float(true.max() - true[int(np.argmax(mean))]),
+        "plan_imagined": float(mean[0]),
+        "plan_true": float(true[0]),
+        "plan_imagined_error": float(mean[0] - true[0]),
+        "plan_spread": float(imagined[0].std()),
+        "true_range": float(np.ptp(true)),
+    }
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and std over states of every score in `rows` (`plan_quality` outputs), nan-aware."""
+    return {name: {"mean": float(np.nanmean([r[name] for r in rows])), "std": float(np.nanstd([r[name] for r in rows]))}
+            for name in rows[0]}
