@@ -258,7 +258,8 @@ def plan_check_report(run, states: int = 8, candidates: int = 64, perturbation: 
             key = jax.random.fold_in(key_model, step)
             rewards, _ = rollout(run.params, key, state.latent, sequences, key if k else None)
             imagined = np.asarray(rewards).sum(axis=-1).T  # [N, K]
-            rows.append({"step": step, **plan_quality.plan_quality(imagined, simulate(sequences))})
+            rows.append({"step": step, **plan_quality.plan_quality(imagined, simulate(sequences),
+                                                                   plan_quality.perturbed_count(candidates))})
         observation, reward, terminated, truncated, _ = env.step(action)
         total += reward
         if on_step is not None:
@@ -274,8 +275,8 @@ def plan_check_report(run, states: int = 8, candidates: int = 64, perturbation: 
 
 def format_plan_check(reports: dict[str, dict]) -> str:
     """Text table, one line per run: mean +- std over states of the main scores."""
-    names = ("rank_correlation", "plan_percentile", "plan_regret", "model_pick_regret", "plan_imagined_error",
-             "plan_spread", "true_range")
+    names = ("rank_correlation", "plan_percentile_near", "plan_percentile_far", "plan_regret", "model_pick_regret",
+             "plan_imagined_error", "plan_spread", "true_range")
     lines = [f"{'run':<40} {'return':>7} " + " ".join(f"{n:>22}" for n in names)]
     for run, report in reports.items():
         cells = " ".join(f"{report['summary'][n]['mean']:>12.3f} +- {report['summary'][n]['std']:<6.3f}" for n in names)

@@ -12,13 +12,18 @@ import numpy as np
 from scipy import stats
 
 
+def perturbed_count(count: int) -> int:
+    """How many of `count` candidates `candidate_sequences` makes by perturbing the plan (rows 1 to this)."""
+    return (count - 1) // 2
+
+
 def candidate_sequences(rng: np.random.Generator, plan: np.ndarray, count: int, perturbation: float) -> np.ndarray:
-    """``[count, H, A]`` action sequences in ``[-1, 1]``: row 0 the plan ``[H, A]``, then half the rest the
-    plan plus ``N(0, perturbation^2)`` noise (clipped), and the others uniform random."""
+    """``[count, H, A]`` action sequences in ``[-1, 1]``: row 0 the plan ``[H, A]``, then `perturbed_count`
+    rows of the plan plus ``N(0, perturbation^2)`` noise (clipped), and the others uniform random."""
     if count < 3:
         raise ValueError(f"need at least 3 candidates (the plan, a perturbed one and a random one), got {count}")
     plan = np.asarray(plan, np.float32)
-    perturbed = (count - 1) // 2
+    perturbed = perturbed_count(count)
     near = np.clip(plan + perturbation * rng.standard_normal((perturbed, *plan.shape)), -1.0, 1.0)
     far = rng.uniform(-1.0, 1.0, (count - 1 - perturbed, *plan.shape))
     return np.concatenate([plan[None], near, far]).astype(np.float32)
@@ -32,13 +37,16 @@ def rank_correlation(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
 
-def plan_quality(imagined: np.ndarray, true: np.ndarray) -> dict[str, float]:
+def plan_quality(imagined: np.ndarray, true: np.ndarray, perturbed: int = 0) -> dict[str, float]:
     """Scores of one planning state from the imagined returns ``[N, K]`` and the true ones ``[N]`` (row 0:
-    the plan). Returns, in the env's reward units unless said otherwise:
+    the plan; rows 1 to `perturbed`: perturbations of it, the rest unrelated sequences). Returns, in the
+    env's reward units unless said otherwise:
 
     - ``rank_correlation``: Spearman's, between the imagined mean return and the true return;
     - ``plan_regret``: the best true return among the candidates minus the plan's (>= 0);
-    - ``plan_percentile``: the fraction of the other candidates whose true return is at most the plan's;
+    - ``plan_percentile``: the fraction of the other candidates whose true return is at most the plan's,
+      and with `perturbed` also ``plan_percentile_near`` and ``plan_percentile_far``, among the
+      perturbations (is the plan a local optimum?) and among the others (does it beat chance?);
     - ``model_pick_regret``: the best true return minus that of the candidate the model ranks first;
     - ``plan_imagined``, ``plan_true`` and ``plan_imagined_error`` (imagined mean minus true) of the plan;
     - ``plan_spread``: the std of the plan's imagined return across the K weight samples (0 for K = 1);
@@ -47,11 +55,17 @@ def plan_quality(imagined: np.ndarray, true: np.ndarray) -> dict[str, float]:
     imagined, true = np.asarray(imagined, np.float64), np.asarray(true, np.float64)
     if imagined.ndim != 2 or true.shape != imagined.shape[:1] or len(true) < 2:
         raise ValueError(f"expected imagined [N, K] and true [N] with N >= 2, got {imagined.shape} and {true.shape}")
-    mean = imagined.mean(axis=1)
+    if not 0 <= perturbed < len(true) - 1:
+        raise ValueError(f"perturbed must leave at least one other candidate: 0 <= perturbed < {len(true) - 1}, "
+                         f"got {perturbed}")
+    mean, beaten = imagined.mean(axis=1), true[1:] <= true[0]
+    groups = {"plan_percentile_near": float(np.mean(beaten[:perturbed])),
+              "plan_percentile_far": float(np.mean(beaten[perturbed:]))} if perturbed else {}
     return {
         "rank_correlation": rank_correlation(mean, true),
         "plan_regret": float(true.max() - true[0]),
-        "plan_percentile": float(np.mean(true[1:] <= true[0])),
+        "plan_percentile": float(np.mean(beaten)),
+        **groups,
         "model_pick_regret": float(true.max() - true[int(np.argmax(mean))]),
         "plan_imagined": float(mean[0]),
         "plan_true": float(true[0]),

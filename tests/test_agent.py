@@ -147,6 +147,7 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     for row in report["states"]:  # returns of 4 agent steps of cartpole: at most 8 x 4 env steps' rewards of 1
         assert 0 <= row["plan_true"] <= 32 and 0 <= row["plan_regret"] <= row["true_range"] <= 32
         assert (row["plan_regret"] == 0) == (row["plan_percentile"] == 1) and -1 <= row["rank_correlation"] <= 1
+        assert row["plan_percentile"] == (4 * row["plan_percentile_near"] + 4 * row["plan_percentile_far"]) / 8
     assert "rank_correlation" in capsys.readouterr().out
     assert main(["plancheck", *common, "--candidates", "2"]) == 2
     assert "--candidates must be >= 3" in capsys.readouterr().err

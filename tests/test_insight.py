@@ -145,7 +145,10 @@ def test_plan_quality_scores_a_perfect_a_reversed_and_an_unsure_model():
     perfect = plan_quality.plan_quality(true[:, None], true)
     assert perfect["rank_correlation"] == pytest.approx(1.0) and perfect["model_pick_regret"] == 0
     assert perfect["plan_regret"] == 2 and perfect["plan_percentile"] == 0.5 and perfect["true_range"] == 4
-    assert perfect["plan_imagined_error"] == 0 and perfect["plan_spread"] == 0
+    assert perfect["plan_imagined_error"] == 0 and perfect["plan_spread"] == 0 and "plan_percentile_far" not in perfect
+    grouped = plan_quality.plan_quality(true[:, None], true, perturbed=2)  # rows 1-2 perturbations, 3-4 others
+    assert grouped["plan_percentile_near"] == 0.5 and grouped["plan_percentile_far"] == 0.5
+    assert plan_quality.plan_quality(true[:, None], np.array([3.0, 5, 4, 1, 2]), 2)["plan_percentile_far"] == 1
     reversed_ = plan_quality.plan_quality(-true[:, None], true)
     assert reversed_["rank_correlation"] == pytest.approx(-1.0) and reversed_["model_pick_regret"] == 4
     unsure = plan_quality.plan_quality(np.stack([true + 1, true - 1, true + 3], axis=1), true)  # 3 weight samples
@@ -154,6 +157,8 @@ def test_plan_quality_scores_a_perfect_a_reversed_and_an_unsure_model():
     assert np.isnan(plan_quality.rank_correlation(np.ones(5), true))
     with pytest.raises(ValueError, match="imagined"):
         plan_quality.plan_quality(true, true)
+    with pytest.raises(ValueError, match="perturbed must leave"):
+        plan_quality.plan_quality(true[:, None], true, perturbed=4)
 
 
 def test_candidates_are_the_plan_then_perturbations_then_uniform_actions():
