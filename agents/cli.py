@@ -170,7 +170,6 @@ def _plancheck(args: argparse.Namespace) -> int:
                                                 args.weight_samples, args.seed, on_step=lambda: bar.update(1))
     print(format_plan_check(reports))
     path = os.path.join(args.logdir[0], "plancheck", "plan_check.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     write_json(path, reports)
     print(f"json: {path}")
     return 0

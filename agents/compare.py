@@ -20,7 +20,8 @@ import numpy as np
 from bayes_planet.errors import UsageError
 from bayes_planet.logger import read_metrics
 
-REPORT_KINDS = ("calibration", "probe", "openloop")  # the trainer's report records that `reports_table` reads
+# the trainer's report records that `reports_table` reads
+REPORT_KINDS = ("calibration", "probe", "openloop", "plancheck")
 BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_pixels.csv")  # with sources
 
 
@@ -232,6 +233,9 @@ REPORT_COLUMNS = (  # (header, record kind, key, list index, digits)
     ("image MSE h=45", "openloop", "image_mse", 44, 4),
     ("reward MSE h=1", "openloop", "reward_mse", 0, 3),
     ("reward MSE h=10", "openloop", "reward_mse", 9, 3),
+    ("plan rank corr", "plancheck", "rank_correlation", None, 2),
+    ("plan beats perturbed", "plancheck", "plan_percentile_near", None, 2),
+    ("plan beats random", "plancheck", "plan_percentile_far", None, 2),
 )
 
 
@@ -240,7 +244,9 @@ def reports_table(groups: Iterable[Group]) -> str:
     seeds): open-loop reward calibration (coverage of the central 50% / 90% intervals, mean over horizons
     1..12, nominal 0.50 / 0.90; NLL in nats; the likelihood's std), held-out R² of the velocity probes
     (mean over velocity dimensions; `probe_table` gives each), and the last evaluation's open-loop errors
-    (image MSE per pixel in model units, reward MSE per agent step) h steps after 5 context frames."""
+    (image MSE per pixel in model units, reward MSE per agent step) h steps after 5 context frames, and the
+    plan check (`plan_quality`: rank correlation of imagined and true returns, the fraction of perturbed and
+    of random sequences whose true return the plan matches or beats; means over its states)."""
     lines = ["| task | variant | " + " | ".join(c[0] for c in REPORT_COLUMNS) + " |",
              "|" + "---|" * (len(REPORT_COLUMNS) + 2)]
     for group in groups:

@@ -49,6 +49,8 @@ def windows(episodes: list[dict], count: int, length: int, seed: int = 0) -> dic
 
 
 def write_json(path: str, payload) -> None:
+    """`payload` as indented JSON at `path`, atomically, its folder made if missing."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     atomic_write(path, lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
 
 

@@ -15,6 +15,7 @@ A run directory holds:
   openloop/            open-loop predictions at each evaluation: GIF, MP4, PNG strip, reward plot
   calibration/         at the end: reward calibration of open-loop predictions (JSON, reliability plot)
   probes/              at the end, with >= 3 held-out episodes: latent velocity probes (JSON, CSV, scatter)
+  plancheck/           at the end, DeepMind Control only: the planner's choices against the true dynamics (JSON)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from bayes_planet.world_model import make_optimizer, make_train_step
 LOG = logging.getLogger(__name__)
 BATCH_KEYS = ("observation", "action", "reward")
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never share a seed with training episodes
-REPORT_FOLDERS = ("videos", "openloop", "calibration", "probes")
+REPORT_FOLDERS = ("videos", "openloop", "calibration", "probes", "plancheck")
 PROBE_FIT_EPISODES = 15  # the replay's latest, collected with exploration noise: more diverse than evaluations
 # where a run's wall-clock time goes, in seconds: env stepping and rendering (training and random episodes),
 # the agent's planning (training episodes), updates, evaluation episodes, reports and plots, checkpoints
@@ -425,10 +426,18 @@ class Trainer:
         return float(np.mean(returns))
 
     def write_final_reports(self, max_episodes: int = 6) -> None:
-        """Reward calibration of the final model on the latest held-out episodes (``calibration/``) and latent
+        """Reward calibration of the final model on the latest held-out episodes (``calibration/``), latent
         velocity probes fitted on the replay's latest `PROBE_FIT_EPISODES` and tested on those held-out
-        episodes (``probes/``); summaries go to metrics.jsonl."""
-        from bayes_planet.agents.reports import calibration_report, probe_report, write_calibration, write_probe_report
+        episodes (``probes/``), and the plan check (``plancheck/``, one new episode; DeepMind Control only);
+        summaries go to metrics.jsonl."""
+        from bayes_planet.agents.reports import (
+            calibration_report,
+            plan_check_report,
+            probe_report,
+            write_calibration,
+            write_json,
+            write_probe_report,
+        )
 
         episodes = self.held_out.latest(max_episodes)
         count = len(episodes)
@@ -450,6 +459,16 @@ class Trainer:
                                                                  [r["target"]])).replace(" ", "_"): r["r2"]
                   for r in rows}
             self.logger.write("probe", self.env_steps, dict(r2, fit_episodes=len(fit), test_episodes=count))
+        self._check_stop()
+        try:
+            check = plan_check_report(self.as_run(), seed=self.config.seed)
+        except UsageError as error:  # not a DeepMind Control task, or a planner that keeps no action sequence
+            self._say(f"plan check skipped: {error}")
+        else:
+            write_json(os.path.join(self.logdir, "plancheck", "plan_check.json"), {self.logdir: check})
+            self.logger.write("plancheck", self.env_steps, {
+                "episode_return": check["episode_return"], "states": len(check["states"]),
+                **{name: values["mean"] for name, values in check["summary"].items()}})
 
     def last_eval_return(self) -> float:
         returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "eval"]

@@ -53,10 +53,14 @@ def test_training_run_writes_its_run_directory(tiny_run):
     (probe,) = _records(logdir, "probe")  # fitted on the 3 replay episodes, tested on the held-out one
     assert (probe["fit_episodes"], probe["test_episodes"]) == (3, 1)
     assert {"r2/trained/posterior", "r2/trained/open_loop/slider_velocity_(m/s)"} <= set(probe)
+    (plan,) = _records(logdir, "plancheck")  # the plan check: 8 states of one new episode
+    assert plan["states"] == 8 and 0 <= plan["plan_percentile_far"] <= 1 and plan["true_range"] > 0
+    assert os.path.exists(os.path.join(logdir, "plancheck", "plan_check.json"))
 
     from bayes_planet.agents.compare import find_groups, probe_table, reports_table
     groups = find_groups(os.path.dirname(logdir))
     assert f"| {calibration['coverage_50']:.2f} (1) | {calibration['coverage_90']:.2f} (1) |" in reports_table(groups)
+    assert f"| {plan['plan_percentile_far']:.2f} (1) |" in reports_table(groups)
     assert f"| slider velocity (m/s) | {probe['r2/trained/posterior/slider_velocity_(m/s)']:.2f} (1) |" in \
         probe_table(groups)
     episodes = sorted(os.listdir(os.path.join(logdir, "episodes")))
