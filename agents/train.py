@@ -224,6 +224,7 @@ class Trainer:
         self.sampler = np.random.default_rng(c.seed)
         self.nonfinite_streak = 0
         self._signal: int | None = None  # set by SIGINT / SIGTERM while `run` is running
+        self._second_signal: int | None = None  # a second one: stop at once
         self._restore()
 
     # ------------------------------------------------------------------------------------ state
@@ -492,6 +493,8 @@ class Trainer:
         """While inside: SIGINT and SIGTERM only set a flag; the loop stops at the next step or update."""
         def request_stop(signum, frame):
             if self._signal is not None:  # a second signal: stop now, keeping the last checkpoint as it is
+                # kept as well: raised inside a gc callback or a finalizer, this exception is swallowed
+                self._second_signal = signum
                 raise Interrupted(signum, forced=True)
             self._signal = signum
 
@@ -514,7 +517,10 @@ class Trainer:
             try:
                 return self._run()
             except Interrupted as stop:
-                stop.saved = not stop.forced and self.params is not None and self.save()
+                if not stop.forced and self._second_signal is None:
+                    stop.saved = self.params is not None and self.save()
+                if not stop.forced and self._second_signal is not None:  # its own exception was swallowed
+                    raise Interrupted(self._second_signal, forced=True) from None
                 raise
             finally:
                 self.logger.close()

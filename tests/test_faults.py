@@ -393,6 +393,30 @@ def test_a_full_disk_stops_with_one_line_keeps_the_checkpoint_and_resumes_once_f
 
 
 # ---------------------------------------------------------------------------------------------- signals
+def test_a_second_signal_whose_exception_a_finalizer_swallows_still_stops_at_once(tmp_path):
+    """Python runs a signal handler between any two bytecodes, also inside a gc callback or a finalizer,
+    where the exception it raises is printed and dropped: the second signal must stop the run all the same."""
+    from bayes_planet.agents.train import Interrupted
+
+    trainer = Trainer(str(tmp_path / "run"), load_config("default", TINY_RUN), progress=False)
+
+    class SignalsWhenCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the second signal, handled inside this finalizer
+
+    def first_signal():
+        os.kill(os.getpid(), signal.SIGINT)
+        trainer._check_stop()
+
+    save = trainer.save
+    trainer.train_phase = first_signal
+    # the finalizer runs as the first stop saves
+    trainer.save = lambda: (SignalsWhenCollected() if trainer._signal else None, save())[1]
+    with pytest.raises(Interrupted) as stop:
+        trainer.run()
+    assert stop.value.forced and stop.value.signum == signal.SIGTERM, stop.value
+
+
 @pytest.mark.slow
 def test_sigint_during_seed_episodes_says_no_checkpoint_and_a_second_signal_stops_at_once(tmp_path):
     logdir = str(tmp_path / "run")

@@ -69,7 +69,7 @@ def _imagine(train_episodes, held_out, **overrides) -> tuple[np.ndarray, np.ndar
     bayesian = model.config.transition != "deterministic"
     errors, spreads = [], []
     for seed in range(SEEDS):
-        result = open_loop(model, jax.tree.map(lambda leaf: leaf[seed], params), jax.random.PRNGKey(1),
+        result = open_loop(model, jax.tree.map(lambda leaf, index=seed: leaf[index], params), jax.random.PRNGKey(1),
                            held_out["observation"], held_out["action"], held_out["reward"], CONTEXT,
                            WEIGHT_SAMPLES if bayesian else 0)
         predicted = np.asarray(result.sample_rewards if bayesian else result.reward[None])[..., CONTEXT:]
