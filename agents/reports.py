@@ -247,30 +247,34 @@ def plan_check_report(run, states: int = 8, candidates: int = 64, perturbation: 
     key_episode, key_steps, key_model = jax.random.split(jax.random.PRNGKey(seed), 3)
     last = getattr(env.unwrapped, "max_episode_steps", horizon + 1) - horizon
     checked = set(np.linspace(0, max(last, 0), states).round().astype(int).tolist())
-    state, rows, total = agent.reset(key_episode), [], 0.0
+    state, steps, scores, total = agent.reset(key_episode), [], [], 0.0
     observation, _ = env.reset(seed=seed)
-    for step in itertools.count():
-        action, state = agent.step(run.params, jax.random.fold_in(key_steps, step), state, observation)
-        if step in checked:
-            plan = np.asarray(state.plan)
-            if plan.shape != (horizon, run.model.action_dim):
-                raise UsageError(f"planner {run.config.planner.name!r} keeps a plan of shape {plan.shape}, not "
-                                 f"its action sequence [{horizon}, {run.model.action_dim}]: the plan check needs one")
-            sequences = plan_quality.candidate_sequences(rng, plan, candidates, perturbation)
-            key = jax.random.fold_in(key_model, step)
-            rewards, _ = rollout(run.params, key, state.latent, sequences, key if k else None)
-            imagined = np.asarray(rewards).sum(axis=-1).T  # [N, K]
-            rows.append({"step": step, **plan_quality.plan_quality(imagined, simulate(sequences),
-                                                                   plan_quality.perturbed_count(candidates))})
-        observation, reward, terminated, truncated, _ = env.step(action)
-        total += reward
-        if on_step is not None:
-            on_step()
-        if terminated or truncated:
-            break
-    env.close()
-    return {"states": rows, "summary": plan_quality.summarize([{k_: v for k_, v in r.items() if k_ != "step"}
-                                                               for r in rows]),
+    try:
+        for step in itertools.count():
+            action, state = agent.step(run.params, jax.random.fold_in(key_steps, step), state, observation)
+            if step in checked:
+                plan = np.asarray(state.plan)
+                if plan.shape != (horizon, run.model.action_dim):
+                    raise UsageError(f"planner {run.config.planner.name!r} keeps a plan of shape {plan.shape}, "
+                                     f"not its action sequence [{horizon}, {run.model.action_dim}]: the plan check "
+                                     "needs one")
+                sequences = plan_quality.candidate_sequences(rng, plan, candidates, perturbation)
+                key_latent, key_weights = jax.random.split(jax.random.fold_in(key_model, step))
+                rewards, _ = rollout(run.params, key_latent, state.latent, sequences, key_weights if k else None)
+                imagined = np.asarray(rewards).sum(axis=-1).T  # [N, K]
+                steps.append(step)
+                scores.append(plan_quality.plan_quality(imagined, simulate(sequences),
+                                                        plan_quality.perturbed_count(candidates)))
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total += reward
+            if on_step is not None:
+                on_step()
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    return {"states": [{"step": step, **score} for step, score in zip(steps, scores, strict=True)],
+            "summary": plan_quality.summarize(scores),
             "episode_return": total, "weight_samples": k, "candidates": candidates, "perturbation": perturbation,
             "horizon": horizon, "transition": run.config.model.transition, "updates": run.updates, "seed": seed}
 
