@@ -214,6 +214,7 @@ def _compare(args: argparse.Namespace) -> int:
         aggregate_table,
         find_groups,
         plot_curves,
+        plot_reports,
         probe_table,
         published,
         published_table,
@@ -257,7 +258,10 @@ def _compare(args: argparse.Namespace) -> int:
         writer.writerows(table)
         atomic_write(os.path.join(args.out, "results.csv"), lambda h: h.write(buffer.getvalue().encode()))
         plot_curves(groups, rows, os.path.join(args.out, "curves.png"))
-        print(f"\nwritten: {', '.join(os.path.join(args.out, n) for n in ('results.md', 'results.csv', 'curves.png'))}")
+        written = ["results.md", "results.csv", "curves.png"]
+        if args.reports and plot_reports(groups, os.path.join(args.out, "reports.png")):
+            written.append("reports.png")
+        print(f"\nwritten: {', '.join(os.path.join(args.out, name) for name in written)}")
     return 0
 
 
@@ -396,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "1000 with 95%% bootstrap intervals (rliable: pip install 'bayes-planet[analysis]')")
     compare.add_argument("--reports", action="store_true",
                          help="also the end-of-run reports: reward calibration, velocity-probe R² (per dimension "
-                              "too) and open-loop errors, mean +- std across seeds")
+                              "too), open-loop errors, the plan check and the last evaluation's worst "
+                              "episode, mean +- std across seeds (with --out, plotted in reports.png)")
     compare.set_defaults(run=_compare)
     return parser
 

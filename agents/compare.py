@@ -21,7 +21,7 @@ from bayes_planet.errors import UsageError
 from bayes_planet.logger import read_metrics
 
 # the trainer's report records that `reports_table` reads
-REPORT_KINDS = ("calibration", "probe", "openloop", "plancheck")
+REPORT_KINDS = ("calibration", "probe", "openloop", "plancheck", "eval")
 BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_pixels.csv")  # with sources
 
 
@@ -49,6 +49,14 @@ class Group:
             if isinstance(value, (int, float)):
                 values.append(float(value))
         return values
+
+    def report_series(self, kind: str, key: str) -> np.ndarray:
+        """Each run's list `key` of its last `kind` record (e.g. the open-loop ``image_mse`` by horizon) as
+        ``[runs, H]``, cut to the shortest run's length (``[0, 0]`` when no run has it)."""
+        series = [records[kind][key] for records in self.reports.values()
+                  if isinstance(records.get(kind, {}).get(key), list)]
+        length = min((len(values) for values in series), default=0)
+        return np.asarray([values[:length] for values in series], dtype=float).reshape(len(series), length)
 
     def last_step(self) -> int:
         """The last env step at which every run of the group was evaluated (0 if none)."""
@@ -236,6 +244,8 @@ REPORT_COLUMNS = (  # (header, record kind, key, list index, digits)
     ("plan rank corr", "plancheck", "rank_correlation", None, 2),
     ("plan beats perturbed", "plancheck", "plan_percentile_near", None, 2),
     ("plan beats random", "plancheck", "plan_percentile_far", None, 2),
+    ("last eval worst episode", "eval", "return_min", None, 0),
+    ("last eval episode std", "eval", "return_std", None, 0),
 )
 
 
@@ -246,7 +256,8 @@ def reports_table(groups: Iterable[Group]) -> str:
     (mean over velocity dimensions; `probe_table` gives each), and the last evaluation's open-loop errors
     (image MSE per pixel in model units, reward MSE per agent step) h steps after 5 context frames, and the
     plan check (`plan_quality`: rank correlation of imagined and true returns, the fraction of perturbed and
-    of random sequences whose true return the plan matches or beats; means over its states)."""
+    of random sequences whose true return the plan matches or beats; means over its states), and the last
+    evaluation's worst episode and std across its episodes (what risk-averse planning is for)."""
     lines = ["| task | variant | " + " | ".join(c[0] for c in REPORT_COLUMNS) + " |",
              "|" + "---|" * (len(REPORT_COLUMNS) + 2)]
     for group in groups:
@@ -270,6 +281,77 @@ def probe_table(groups: Iterable[Group]) -> str:
             cells = [summarize(group.report_values("probe", f"r2/{m}/{f}/{target}"), 2) for m, f in features]
             lines.append(f"| {group.task} | {group.variant} | {target.replace('_', ' ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+REPORT_PANELS = (  # (title, record kind, keys by horizon, y label)
+    ("open-loop image MSE", "openloop", ("image_mse",), "MSE per pixel (model units)"),
+    ("open-loop reward MSE", "openloop", ("reward_mse",), "MSE per agent step"),
+    ("reward interval coverage", "calibration", ("coverage_50_by_horizon", "coverage_90_by_horizon"),
+     "fraction of true rewards inside"),
+)
+
+
+def plot_reports(groups: Sequence[Group], path: str) -> bool:
+    """PNG with one row of panels per task that has end-of-run reports: open-loop image and reward MSE
+    against the horizon after the context frames, the reward's 50% / 90% interval coverage against the
+    horizon (nominal levels dashed), each as the mean over seeds with a +-1 std band, one colour per variant;
+    and the velocity probes' held-out R² (mean over velocity dimensions; bars: mean over seeds, whiskers:
+    std) for posterior and open-loop features of the trained model and for the random-init control. Returns
+    False, writing nothing, when no run has reports."""
+    plotted = {kind for _, kind, _, _ in REPORT_PANELS} | {"probe"}
+    reported = [group for group in groups if any(plotted & set(records) for records in group.reports.values())]
+    tasks = sorted({group.task for group in reported})
+    if not tasks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bayes_planet.viz import save_figure
+
+    variants = sorted({group.variant for group in groups})
+    colours = {variant: f"C{i}" for i, variant in enumerate(variants)}
+    figure, axes = plt.subplots(len(tasks), len(REPORT_PANELS) + 1, figsize=(4.2 * (len(REPORT_PANELS) + 1),
+                                3.2 * len(tasks)), dpi=100, squeeze=False)
+    probe_keys = (("posterior", "r2/trained/posterior"), ("open loop", "r2/trained/open_loop"),
+                  ("random init", "r2/random_init/posterior"))
+    for row, task in enumerate(tasks):
+        members = [group for group in reported if group.task == task]
+        for column, (title, kind, keys, label) in enumerate(REPORT_PANELS):
+            axis = axes[row][column]
+            for group in members:
+                for key, style in zip(keys, ("-", "--"), strict=False):
+                    values = group.report_series(kind, key)
+                    if not values.size:
+                        continue
+                    horizon = np.arange(1, values.shape[1] + 1)
+                    mean, std = values.mean(0), values.std(0)
+                    name = f"{group.variant} (n={len(values)})" + (f", {key.split('_')[1]}%" if len(keys) > 1 else "")
+                    axis.plot(horizon, mean, style, color=colours[group.variant], label=name)
+                    axis.fill_between(horizon, mean - std, mean + std, color=colours[group.variant], alpha=0.15)
+            if kind == "calibration":
+                for level in (0.5, 0.9):
+                    axis.axhline(level, color="gray", linestyle=":", linewidth=1)
+            axis.set_title(f"{task}: {title}", fontsize=8)
+            axis.set_xlabel("steps after the context frames")
+            axis.set_ylabel(label, fontsize=7)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=6)
+        axis = axes[row][-1]
+        width = 0.8 / max(len(members), 1)
+        for index, group in enumerate(members):
+            means = [np.mean(v) if (v := group.report_values("probe", key)) else np.nan for _, key in probe_keys]
+            stds = [np.std(v) if (v := group.report_values("probe", key)) else 0.0 for _, key in probe_keys]
+            axis.bar(np.arange(len(probe_keys)) + index * width, means, width, yerr=stds,
+                     color=colours[group.variant], label=group.variant)
+        axis.set_xticks(np.arange(len(probe_keys)) + width * (len(members) - 1) / 2, [n for n, _ in probe_keys],
+                        fontsize=7)
+        axis.axhline(0, color="gray", linewidth=0.8)
+        axis.set_title(f"{task}: velocity probes: held-out R²", fontsize=8)
+        axis.legend(fontsize=6)
+    save_figure(figure, path)
+    return True
 
 
 def _published_cell(row: dict[str, str]) -> str:
@@ -312,5 +394,5 @@ def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000
     return "\n".join(lines)
 
 
-__all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "published", "published_table", "results_rows",
-           "probe_table", "reports_table", "results_table", "summarize", "versus_table"]
+__all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "plot_reports", "published", "published_table",
+           "results_rows", "probe_table", "reports_table", "results_table", "summarize", "versus_table"]

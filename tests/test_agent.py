@@ -57,10 +57,14 @@ def test_training_run_writes_its_run_directory(tiny_run):
     assert plan["states"] == 8 and 0 <= plan["plan_percentile_far"] <= 1 and plan["true_range"] > 0
     assert os.path.exists(os.path.join(logdir, "plancheck", "plan_check.json"))
 
-    from bayes_planet.agents.compare import find_groups, probe_table, reports_table
+    from bayes_planet.agents.compare import find_groups, plot_reports, probe_table, reports_table
     groups = find_groups(os.path.dirname(logdir))
     assert f"| {calibration['coverage_50']:.2f} (1) | {calibration['coverage_90']:.2f} (1) |" in reports_table(groups)
-    assert f"| {plan['plan_percentile_far']:.2f} (1) |" in reports_table(groups)
+    last_eval = _records(logdir, "eval")[-1]  # its worst episode is the last column but one
+    assert reports_table(groups).endswith(f"| {plan['plan_percentile_far']:.2f} (1) | "
+                                          f"{last_eval['return_min']:.0f} (1) | {last_eval['return_std']:.0f} (1) |")
+    np.testing.assert_allclose(groups[0].report_series("openloop", "image_mse"), [errors["image_mse"]])
+    assert plot_reports(groups, os.path.join(logdir, "reports.png"))
     assert f"| slider velocity (m/s) | {probe['r2/trained/posterior/slider_velocity_(m/s)']:.2f} (1) |" in \
         probe_table(groups)
     episodes = sorted(os.listdir(os.path.join(logdir, "episodes")))

@@ -57,6 +57,7 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_pa
     bayes = rows[("cartpole-swingup", "reparameterization")]
     assert float(bayes["mean"]) == pytest.approx((142.5 + 274.0 + 274.6) / 3, abs=0.1) and bayes["seeds"] == "3"
     assert os.path.getsize(os.path.join(out_dir, "curves.png")) > 10_000
+    assert os.path.getsize(os.path.join(out_dir, "reports.png")) > 10_000  # --reports: errors by horizon, probes
     assert "bayes-planet compare" in open(os.path.join(out_dir, "results.md")).read()
     assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run
 
