@@ -90,13 +90,14 @@ def _eval(args: argparse.Namespace) -> int:
     from bayes_planet.viz import write_video
 
     _positive(args, "episodes")
-    run = load_run(args.logdir)
+    run = load_run(args.logdir, args.set)
     steps = args.episodes * getattr(run.make_env().unwrapped, "max_episode_steps", 0)
     with tqdm(total=steps or None, desc="eval", leave=False, disable=args.no_progress) as bar:
         episodes = run.evaluate(args.episodes, args.seed, on_step=lambda reward: bar.update(1))
     returns = [episode_return(e) for e in episodes]
-    print(f"{run.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {len(returns)} "
-          f"episodes (no exploration noise, --seed {args.seed}; {run.updates} updates): "
+    planner = f"planner {' '.join(args.set)}; " if args.set else ""
+    print(f"{run.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} (worst {min(returns):.1f}) "
+          f"over {len(returns)} episodes (no exploration noise, --seed {args.seed}; {planner}{run.updates} updates): "
           + " ".join(f"{r:.1f}" for r in returns))
     if args.video and run.config.model.observation == "pixels":
         video = os.path.join(args.logdir, "eval_episode.mp4")
@@ -163,7 +164,7 @@ def _plancheck(args: argparse.Namespace) -> int:
         raise UsageError(f"--perturbation must be >= 0, got {args.perturbation}")
     reports = {}
     for logdir in args.logdir:
-        run = load_run(logdir)
+        run = load_run(logdir, args.set)
         steps = getattr(run.make_env().unwrapped, "max_episode_steps", None)
         with tqdm(total=steps, desc=f"plan check {logdir}", leave=False, disable=args.no_progress) as bar:
             reports[logdir] = plan_check_report(run, args.states, args.candidates, args.perturbation,
@@ -265,6 +266,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _planner_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="planner.KEY=VALUE",
+                        help="plan differently with the trained model, e.g. --set planner.objective=risk_averse "
+                             "--set planner.weight_samples=8 (planner keys only; repeatable)")
+
+
 def _side_by_side_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a report that puts several runs side by side: repeatable --logdir, --weight-samples."""
     parser.add_argument("--logdir", required=True, action="append", help="run directory (repeatable)")
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="evaluation seed: the same seed gives the same episodes and returns (default 0)")
     evaluate.add_argument("--video", action="store_true",
                           help="also write <logdir>/eval_episode.mp4 of the first episode")
+    _planner_overrides_argument(evaluate)
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate.set_defaults(run=_eval)
     random = commands.add_parser("random", help="roll out a uniform random policy; print its return, save a GIF")
@@ -365,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     plancheck.add_argument("--candidates", type=int, default=64, help="sequences per state, the plan included")
     plancheck.add_argument("--perturbation", type=float, default=0.3, help="std of the plan's perturbations")
     plancheck.add_argument("--seed", type=int, default=0, help="env seed and keys of the episode (default 0)")
+    _planner_overrides_argument(plancheck)
     plancheck.set_defaults(run=_plancheck)
     sweep = commands.add_parser(
         "sweep", help="train a grid of runs: tasks x variants x seeds, each its own run directory",

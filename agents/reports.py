@@ -8,6 +8,7 @@ pure functions of `bayes_planet.openloop` / `probes` / `calibration`, and writes
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import itertools
@@ -276,7 +277,8 @@ def plan_check_report(run, states: int = 8, candidates: int = 64, perturbation: 
     return {"states": [{"step": step, **score} for step, score in zip(steps, scores, strict=True)],
             "summary": plan_quality.summarize(scores),
             "episode_return": total, "weight_samples": k, "candidates": candidates, "perturbation": perturbation,
-            "horizon": horizon, "transition": run.config.model.transition, "updates": run.updates, "seed": seed}
+            "horizon": horizon, "transition": run.config.model.transition, "updates": run.updates, "seed": seed,
+            "planner": dataclasses.asdict(run.config.planner)}
 
 
 def format_plan_check(reports: dict[str, dict]) -> str:

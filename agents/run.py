@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from bayes_planet.agents.agent import PlanetAgent
+from bayes_planet.agents.agent import PlanetAgent, make_planner
 from bayes_planet.agents.rollout import run_episode
 
 from bayes_planet import config as config_lib
@@ -115,13 +116,21 @@ class Run:
         return kept + (self.evaluate(count - len(kept), seed) if len(kept) < count else [])
 
 
-def load_run(logdir: str) -> Run:
+def load_run(logdir: str, planner_overrides: Sequence[str] = ()) -> Run:
     """The run in `logdir` at its latest checkpoint, read-only (writes nothing, needs only read access).
-    Raises a `UsageError` naming what is missing: no run, no checkpoint, a pickled checkpoint."""
+    `planner_overrides` (``planner.key=value``, e.g. ``planner.objective=risk_averse``) plan with the trained
+    model differently; nothing else can change on a trained model. Raises a `UsageError` naming what is
+    wrong: no run, no checkpoint, a pickled checkpoint, an override outside ``planner.``."""
     path = os.path.join(logdir, "config.yaml")
     if not os.path.exists(path):
         raise UsageError(f"{logdir} holds no run (no config.yaml)")
     config = config_lib.from_dict(config_lib.read_yaml(path))
+    for override in planner_overrides:
+        if not override.startswith("planner."):
+            raise UsageError(f"--set {override!r}: only planner.* keys can change on a trained model (e.g. "
+                             "planner.objective=risk_averse); its model, env and training are fixed")
+    config = config_lib.apply_overrides(config, planner_overrides)
+    make_planner(config)  # what only the planner checks (top_k <= candidates, ...) fails here, as bad input
     refuse_pickled_checkpoint(logdir)
     checkpoint = os.path.join(logdir, CHECKPOINT_NAME)
     if not (os.path.exists(checkpoint) or os.path.exists(previous_path(checkpoint))):

@@ -141,6 +141,7 @@ RANGES = {
     "model.reward_std": (1e-6, None),
     "planner.weight_samples": (0, None),
     "planner.alpha": (1e-6, 1.0),
+    "planner.beta": (0, None),
     "train.warmup_steps": (0, None),
     "train.replay_in_memory": (0, None),
     "train.eval_episodes": (0, None),

@@ -147,11 +147,12 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     assert all(0 <= c <= 1 for c in table["coverage_50"] + table["coverage_90"])
     assert "cover 90%" in capsys.readouterr().out
 
-    assert main(["plancheck", *common, "--states", "3", "--candidates", "9"]) == 0
+    assert main(["plancheck", *common, "--states", "3", "--candidates", "9", "--set", "planner.weight_samples=3"]) == 0
     with open(os.path.join(logdir, "plancheck", "plan_check.json")) as handle:
         (report,) = json.load(handle).values()
     assert [row["step"] for row in report["states"]] == [0, 60, 121]  # spread over the 125 steps, 4-step horizon
-    assert report["weight_samples"] == 2 and report["candidates"] == 9 and report["episode_return"] > 0
+    assert report["weight_samples"] == report["planner"]["weight_samples"] == 3  # the run was trained with 2
+    assert report["candidates"] == 9 and report["episode_return"] > 0
     for row in report["states"]:  # returns of 4 agent steps of cartpole: at most 8 x 4 env steps' rewards of 1
         assert 0 <= row["plan_true"] <= 32 and 0 <= row["plan_regret"] <= row["true_range"] <= 32
         assert (row["plan_regret"] == 0) == (row["plan_percentile"] == 1) and -1 <= row["rank_correlation"] <= 1
@@ -199,6 +200,16 @@ def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run,
         assert main(["eval", "--logdir", logdir, "--episodes", "2", "--seed", str(seed), "--no-progress"]) == 0
         outputs.append(capsys.readouterr().out.split("updates): ")[1])
     assert outputs[0] == outputs[1] != outputs[2]
+    # the same episodes planned differently with the trained model: mean - 2 std across its 2 weight samples
+    assert main(["eval", "--logdir", logdir, "--episodes", "2", "--seed", "3", "--no-progress",
+                 "--set", "planner.objective=risk_averse", "--set", "planner.beta=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "planner planner.objective=risk_averse planner.beta=2;" in printed
+    assert printed.split("updates): ")[1] != outputs[0]
+    for override, message in (("model.deter_size=8", "only planner.* keys can change on a trained model"),
+                              ("planner.top_k=1000", "top_k"), ("planner.beta=-1", "planner.beta")):
+        assert main(["eval", "--logdir", logdir, "--no-progress", "--set", override]) == 2
+        assert message in capsys.readouterr().err, override
     assert _tree(logdir) == before
 
 
