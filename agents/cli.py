@@ -84,13 +84,19 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from bayes_planet.agents.run import load_run
-    from bayes_planet.agents.train import episode_return
+    from bayes_planet.agents.train import episode_return, evaluation_record
     from tqdm import tqdm
 
+    from bayes_planet.files import check_writable
     from bayes_planet.viz import write_video
 
     _positive(args, "episodes")
+    if args.record and os.path.realpath(args.record) == os.path.realpath(args.logdir):
+        raise UsageError("--record must be a folder of its own, not the run directory (eval leaves the run as it was)")
     run = load_run(args.logdir, args.set)
+    if args.record:
+        os.makedirs(args.record, exist_ok=True)
+        check_writable(args.record)
     steps = args.episodes * getattr(run.make_env().unwrapped, "max_episode_steps", 0)
     with tqdm(total=steps or None, desc="eval", leave=False, disable=args.no_progress) as bar:
         episodes = run.evaluate(args.episodes, args.seed, on_step=lambda reward: bar.update(1))
@@ -99,6 +105,16 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{run.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} (worst {min(returns):.1f}) "
           f"over {len(returns)} episodes (no exploration noise, --seed {args.seed}; {planner}{run.updates} updates): "
           + " ".join(f"{r:.1f}" for r in returns))
+    if args.record:
+        from bayes_planet.config import save_config
+        from bayes_planet.logger import Logger, read_metrics
+
+        step = max((record["step"] for record in read_metrics(args.logdir)), default=0)
+        save_config(run.config, os.path.join(args.record, "config.yaml"))
+        logger = Logger(args.record)
+        logger.write("eval", step, {**evaluation_record(returns), "updates": run.updates, "seed": args.seed})
+        logger.close()
+        print(f"recorded as an evaluation at env step {step}: {os.path.join(args.record, 'metrics.jsonl')}")
     if args.video and run.config.model.observation == "pixels":
         video = os.path.join(args.logdir, "eval_episode.mp4")
         write_video(video, list(episodes[0]["observation"]))
@@ -308,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--video", action="store_true",
                           help="also write <logdir>/eval_episode.mp4 of the first episode")
     _planner_overrides_argument(evaluate)
+    evaluate.add_argument("--record", default=None, metavar="FOLDER",
+                          help="also append the evaluation to FOLDER/metrics.jsonl (at the run's last env step) "
+                               "with FOLDER/config.yaml, laid out so `compare` can put planners side by side, "
+                               "e.g. --record evals/cheetah-run/risk_averse/seed-0")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate.set_defaults(run=_eval)
     random = commands.add_parser("random", help="roll out a uniform random policy; print its return, save a GIF")

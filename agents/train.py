@@ -185,6 +185,13 @@ def episode_return(episode: dict[str, np.ndarray]) -> float:
     return float(np.sum(episode["reward"]))
 
 
+def evaluation_record(returns: Sequence[float]) -> dict:
+    """The ``eval`` record's values for evaluation episodes' `returns`: their mean, std, worst, best and
+    every return."""
+    return {"return": np.mean(returns), "return_std": np.std(returns), "return_min": np.min(returns),
+            "return_max": np.max(returns), "returns": list(returns)}
+
+
 def episode_seed(config: Config, index: int) -> int:
     return config.seed * 100_003 + index
 
@@ -420,9 +427,7 @@ class Trainer:
                 _, result = write_open_loop(self.as_run(), episodes, os.path.join(self.logdir, "openloop"),
                                             f"openloop-{name}")
                 self.logger.write("openloop", self.env_steps, error_summary(result))
-            self.logger.write("eval", self.env_steps, {
-                "return": np.mean(returns), "return_std": np.std(returns), "return_min": np.min(returns),
-                "return_max": np.max(returns), "returns": returns})
+            self.logger.write("eval", self.env_steps, evaluation_record(returns))
             self.plot()
         return float(np.mean(returns))
 

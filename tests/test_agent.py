@@ -201,11 +201,20 @@ def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run,
         outputs.append(capsys.readouterr().out.split("updates): ")[1])
     assert outputs[0] == outputs[1] != outputs[2]
     # the same episodes planned differently with the trained model: mean - 2 std across its 2 weight samples
-    assert main(["eval", "--logdir", logdir, "--episodes", "2", "--seed", "3", "--no-progress",
+    record = os.path.join(os.path.dirname(logdir), "evals", "cartpole", "risk_averse", "seed-0")
+    assert main(["eval", "--logdir", logdir, "--episodes", "2", "--seed", "3", "--no-progress", "--record", record,
                  "--set", "planner.objective=risk_averse", "--set", "planner.beta=2"]) == 0
     printed = capsys.readouterr().out
     assert "planner planner.objective=risk_averse planner.beta=2;" in printed
+    returns = [float(r) for r in printed.split("updates): ")[1].split("\n")[0].split()]
     assert printed.split("updates): ")[1] != outputs[0]
+    from bayes_planet.agents.compare import find_groups  # the recorded evaluation, as `compare` reads it
+    (group,) = find_groups(os.path.dirname(os.path.dirname(os.path.dirname(record))))
+    assert (group.task, group.variant) == ("cartpole", "risk_averse")
+    np.testing.assert_allclose(group.at(3 * EPISODE_ENV_STEPS), [np.mean(returns)], atol=0.06)
+    np.testing.assert_allclose(group.report_values("eval", "return_min"), [min(returns)], atol=0.06)
+    assert load_config(os.path.join(record, "config.yaml")).planner.objective == "risk_averse"
+    assert main(["eval", "--logdir", logdir, "--record", logdir]) == 2  # never into the run itself
     for override, message in (("model.deter_size=8", "only planner.* keys can change on a trained model"),
                               ("planner.top_k=1000", "top_k"), ("planner.beta=-1", "planner.beta")):
         assert main(["eval", "--logdir", logdir, "--no-progress", "--set", override]) == 2
