@@ -222,6 +222,19 @@ def _sweep(args: argparse.Namespace) -> int:
     return 1 if outcome["failed"] else 0
 
 
+def _collect(args: argparse.Namespace) -> int:
+    from bayes_planet.agents.sweep import RESULT_FILES, collect_results
+
+    outcome = collect_results(args.source, args.destination)
+    for kind in ("copied", "unchanged", "unfinished"):
+        for relative in outcome[kind]:
+            print(f"{kind:<10} {relative}")
+    print(f"collect: {' and '.join(RESULT_FILES)} of {len(outcome['copied'])} finished runs copied to "
+          f"{args.destination}, {len(outcome['unchanged'])} already there, {len(outcome['unfinished'])} "
+          "unfinished left out")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     import csv
     import io
@@ -413,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run on a Ray cluster ('auto' or an address; pip install 'bayes-planet[ray]')")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(run=_sweep)
+    collect = commands.add_parser(
+        "collect", help="copy finished runs' config.yaml and metrics.jsonl into a results folder",
+        description="For every finished run below SOURCE (e.g. a sweep folder), copy its config.yaml and "
+                    "metrics.jsonl to the same relative path below DESTINATION, e.g. results/: what a benchmark "
+                    "commits, never episodes, checkpoints or videos. Unfinished runs are listed and left out.")
+    collect.add_argument("source", help="a folder of runs, e.g. runs/dmc100k")
+    collect.add_argument("destination", help="the results folder, e.g. results/dmc100k")
+    collect.set_defaults(run=_collect)
     compare = commands.add_parser(
         "compare", help="evaluation returns of many runs at env-step marks, next to published scores",
         description="Find every run below each FOLDER, laid out as <task>/<variant>/seed-<n>; print the evaluation "

@@ -73,10 +73,55 @@ def grid(folder: str, config: str, tasks: Sequence[str], variants: Mapping[str, 
     return runs
 
 
-def is_finished(run: RunSpec) -> bool:
-    """Whether the run's checkpoint says its final reports are written."""
-    path = os.path.join(run.logdir, CHECKPOINT_NAME)
+def is_finished(run: RunSpec | str) -> bool:
+    """Whether the run's checkpoint (of a `RunSpec` or a run directory) says its final reports are written."""
+    path = os.path.join(run if isinstance(run, str) else run.logdir, CHECKPOINT_NAME)
     return os.path.exists(path) and bool(load_checkpoint(path, False, subtree="finished"))
+
+
+RESULT_FILES = ("config.yaml", "metrics.jsonl")  # what a finished run leaves in a results folder
+
+
+def collect_results(source: str, destination: str) -> dict[str, list[str]]:
+    """Copy `RESULT_FILES` of every finished run below `source` to the same relative path below
+    `destination` (so a sweep's ``<task>/<variant>/seed-<n>`` becomes a results folder that `compare`
+    reads), never episodes, checkpoints or videos. Returns the runs' relative paths by outcome: copied,
+    unchanged (already there, byte for byte), unfinished (left out)."""
+    from bayes_planet.files import atomic_write
+
+    source, destination = os.path.realpath(source), os.path.realpath(destination)
+    if not os.path.isdir(source):
+        raise UsageError(f"{source} is not a folder")
+    if os.path.commonpath([source, destination]) == source:
+        raise UsageError(f"the destination {destination} must not lie inside the source {source}")
+    outcome: dict[str, list[str]] = {"copied": [], "unchanged": [], "unfinished": []}
+    for root, folders, names in os.walk(source):
+        folders.sort()
+        if not set(RESULT_FILES) <= set(names):
+            continue
+        folders[:] = []  # a run directory holds no other run
+        relative = os.path.relpath(root, source)
+        if not is_finished(root):
+            outcome["unfinished"].append(relative)
+            continue
+        contents = {}
+        for name in RESULT_FILES:
+            with open(os.path.join(root, name), "rb") as handle:
+                contents[name] = handle.read()
+        target = os.path.join(destination, relative)
+        existing = {}
+        for name in RESULT_FILES:
+            if os.path.exists(os.path.join(target, name)):
+                with open(os.path.join(target, name), "rb") as handle:
+                    existing[name] = handle.read()
+        if existing == contents:
+            outcome["unchanged"].append(relative)
+            continue
+        os.makedirs(target, exist_ok=True)
+        for name, data in contents.items():
+            atomic_write(os.path.join(target, name), lambda handle, data=data: handle.write(data))
+        outcome["copied"].append(relative)
+    return outcome
 
 
 def train_one(command: Sequence[str], log: str) -> tuple[int, float]:
@@ -145,4 +190,5 @@ def ray_submitter(address: str) -> Callable:
     return lambda command, log: remote.remote(list(command), log).future()
 
 
-__all__ = ["RunSpec", "grid", "is_finished", "parse_variant", "ray_submitter", "run_grid", "task_folder"]
+__all__ = ["RESULT_FILES", "RunSpec", "collect_results", "grid", "is_finished",
+           "parse_variant", "ray_submitter", "run_grid", "task_folder"]

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
@@ -113,6 +114,25 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
     assert "is longer than an episode" in open(os.path.join(out, "cartpole-swingup", "broken", "seed-0.log")).read()
     assert main(args) == 1
     assert "2 finished before, 0 finished now, 2 failed" in capsys.readouterr().out
+
+    # collect: the finished runs' config and metrics, laid out as compare reads them; nothing else
+    partial = os.path.join(out, "cartpole-swingup", "partial", "seed-0")  # a run without its final checkpoint
+    os.makedirs(partial)
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(os.path.join(out, "cartpole-swingup", "mean", "seed-0", name), partial)
+    results = str(tmp_path / "results")
+    assert main(["collect", out, results]) == 0
+    assert "2 finished runs copied" in capsys.readouterr().out
+    copied = sorted(os.path.relpath(os.path.join(root, name), results)
+                    for root, _, names in os.walk(results) for name in names)
+    assert copied == [os.path.join("cartpole-swingup", "mean", f"seed-{s}", n)
+                      for s in (0, 1) for n in ("config.yaml", "metrics.jsonl")]
+    for name in copied:
+        assert open(os.path.join(results, name), "rb").read() == open(os.path.join(out, name), "rb").read()
+    assert main(["collect", out, results]) == 0
+    printed = capsys.readouterr().out
+    assert "0 finished runs copied" in printed and "unfinished cartpole-swingup/partial/seed-0" in printed
+    assert main(["collect", out, os.path.join(out, "results")]) == 2
     assert main(["sweep", "--out", out, "--tasks", "dmc:cartpole-swingup", "--variant", "bad:planner.horizon=0"]) == 2
 
 
