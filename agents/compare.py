@@ -210,7 +210,8 @@ def versus_table(groups: Iterable[Group], step: int, published_rows: Sequence[di
     """Markdown: one row per task and variant, ours at env step `step` (mean +- std across seeds) next to
     each of `methods`' published score at the same env steps (every source, named), the random policy, and
     our minutes of training per run (mean over the runs that recorded it). The last column says whether
-    ours reaches the first listed source of the first method (PlaNet's row, by default)."""
+    ours reaches the first listed source of the first method (PlaNet's row, by default), and whether ours
+    is below the random policy's mean."""
     header = ["task", "variant", f"ours at {step // 1000}k", *methods, "random", "minutes per run",
               f"reaches {methods[0]}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -221,6 +222,8 @@ def versus_table(groups: Iterable[Group], step: int, published_rows: Sequence[di
         random_rows = [r for r in rows if r["method"] == "random"]
         ours, floor = group.at(step), [r for r in rows if r["method"] == methods[0] and int(r["env_steps"]) == step]
         reaches = "-" if not (ours and floor) else ("yes" if np.mean(ours) >= float(floor[0]["mean"]) else "no")
+        if ours and random_rows and np.mean(ours) < float(random_rows[0]["mean"]):
+            reaches += ", below random"  # e.g. PlaNet's 0 on cup-catch is reached by never catching
         minutes = f"{np.mean(list(group.minutes.values())):.0f}" if group.minutes else "-"
         lines.append(f"| {group.task} | {group.variant} | {summarize(ours)} | "
                      + " | ".join(cells[m] for m in methods)

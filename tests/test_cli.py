@@ -87,6 +87,8 @@ def test_the_versus_table_puts_ours_next_to_every_published_source_at_the_same_s
     below = Group("cartpole-swingup", "small", {"a": {100_000: 250.0}})
     assert table.splitlines()[:2] == versus_table([below], 100_000, published(["cartpole-swingup"])).splitlines()[:2]
     assert versus_table([below], 100_000, published(["cartpole-swingup"])).endswith("| - | no |")
+    never = Group("cup-catch", "small", {"a": {100_000: 0.0}})  # PlaNet's CURL row is 0, the random policy 34.2
+    assert versus_table([never], 100_000, published(["cup-catch"])).endswith("| yes, below random |")
 
 
 def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsys):
