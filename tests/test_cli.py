@@ -63,6 +63,25 @@ def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_pa
     assert main(["compare", os.path.dirname(__file__)]) == 2  # tests/ holds no run
 
 
+def test_the_bayesian_study_is_regenerated_by_one_compare_command(tmp_path, capsys):
+    """Issue 20: every table and plot of the transition-family study from its committed metrics."""
+    from bayes_planet.agents.cli import main
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "results", "bayes")
+    out_dir = str(tmp_path / "study")
+    assert main(["compare", folder, "--steps", "19000", "--reports", "--out", out_dir]) == 0
+    printed = capsys.readouterr().out
+    # returns at 19k env steps (mean, sample std, seeds; each seed), the flipout and MC-dropout seeds 0-2
+    assert "| cheetah-run-quickstart | flipout | 105 +- 24 (3) | 132; 87; 97 |" in printed
+    assert "| cheetah-run-quickstart | mc_dropout | 87 +- 16 (3) | 102; 86; 71 |" in printed
+    for variant in ("deterministic", "reparameterization", "flipout", "mc_dropout"):
+        rows = [line for line in printed.splitlines() if line.startswith(f"| cheetah-run-quickstart | {variant} |")]
+        assert len(rows) == 2 + 10, variant  # returns, reports, and the probe of each of cheetah's 10 targets
+    assert "| cheetah-run-quickstart | mc_dropout | rootx velocity (m/s) | 0.72 +- 0.16 (3) |" in printed
+    for name in ("curves.png", "reports.png"):
+        assert os.path.getsize(os.path.join(out_dir, name)) > 20_000, name
+
+
 def test_the_aggregate_table_gives_rliables_iqm_of_normalized_scores():
     from bayes_planet.agents.compare import Group, aggregate_table
     from rliable import metrics
