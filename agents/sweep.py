@@ -82,6 +82,13 @@ def is_finished(run: RunSpec | str) -> bool:
 RESULT_FILES = ("config.yaml", "metrics.jsonl")  # what a finished run leaves in a results folder
 
 
+def _read_bytes(path: str) -> bytes | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def collect_results(source: str, destination: str) -> dict[str, list[str]]:
     """Copy `RESULT_FILES` of every finished run below `source` to the same relative path below
     `destination` (so a sweep's ``<task>/<variant>/seed-<n>`` becomes a results folder that `compare`
@@ -104,17 +111,9 @@ def collect_results(source: str, destination: str) -> dict[str, list[str]]:
         if not is_finished(root):
             outcome["unfinished"].append(relative)
             continue
-        contents = {}
-        for name in RESULT_FILES:
-            with open(os.path.join(root, name), "rb") as handle:
-                contents[name] = handle.read()
         target = os.path.join(destination, relative)
-        existing = {}
-        for name in RESULT_FILES:
-            if os.path.exists(os.path.join(target, name)):
-                with open(os.path.join(target, name), "rb") as handle:
-                    existing[name] = handle.read()
-        if existing == contents:
+        contents = {name: _read_bytes(os.path.join(root, name)) for name in RESULT_FILES}
+        if contents == {name: _read_bytes(os.path.join(target, name)) for name in RESULT_FILES}:
             outcome["unchanged"].append(relative)
             continue
         os.makedirs(target, exist_ok=True)
