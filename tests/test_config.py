@@ -51,12 +51,19 @@ def test_overrides_are_typed_and_nested():
     ("planner.matmul_dtype=float16", r"config key 'planner.matmul_dtype' must be one of \('float32', 'bfloat16'\)"),
     ("model.weight_kl_temperature=0", "config key 'model.weight_kl_temperature' must be >= 1e-06, got 0"),
     ("model.prior_scaling=fan_out", r"config key 'model.prior_scaling' must be one of \('none', 'fan_in'\)"),
+    ("env.shadow_size=-1", r"config key 'env.shadow_size' must be in \[0, 16384\], got -1"),
     ("planner=3", "config section 'planner' must be a mapping"),
     ("batch_size", "override 'batch_size' must look like section.key=value"),
 ])
 def test_bad_values_fail_with_a_message_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, [override])
+
+
+def test_a_shadow_size_for_a_gymnasium_task_is_refused():
+    with pytest.raises(ValueError, match=r"config key 'env.shadow_size' \(512\) applies to DeepMind Control tasks"):
+        load_config(None, ["env.task=Pendulum-v1", "env.shadow_size=512"])
+    assert load_config(None, ["env.task=dmc:walker-walk", "env.shadow_size=512"]).env.shadow_size == 512
 
 
 def test_unknown_preset_lists_the_presets():

@@ -173,8 +173,28 @@ def test_bad_actions_are_refused(cheetah):
     cheetah.step(np.full(6, 1.0 + 1e-7))  # float tolerance
 
 
+def test_a_smaller_shadow_map_renders_the_same_frames_to_within_a_5_bit_level():
+    """Real renders of a moving walker with the suite's 2048-pixel shadow map and with a 512-pixel one."""
+    default, small = (envs.make("dmc:walker-walk", seed=0, shadow_size=size) for size in (None, 512))
+    assert small.physics.model.vis.quality.shadowsize == 512
+    assert default.physics.model.vis.quality.shadowsize == 2048
+    rng = np.random.default_rng(0)
+    frames = [(default.reset(seed=0)[0], small.reset(seed=0)[0])]
+    for _ in range(40):
+        action = rng.uniform(-1, 1, default.action_space.shape)
+        frames.append((default.step(action)[0], small.step(action)[0]))
+    difference = np.abs(np.array([a.astype(int) - b.astype(int) for a, b in frames]))
+    assert difference.max() > 0, "the option reaches the renderer"
+    assert (difference > 8).mean() < 0.005  # 8: one level of the model's 5-bit pixels
+    assert np.abs(frames[-1][0].astype(int) - frames[0][0].astype(int)).mean() > 1.0, "the walker moved"
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="observation must be one of"):
         envs.make("dmc:cheetah-run", observation="rgb")
     with pytest.raises(ValueError, match="action_repeat must be a positive integer"):
         envs.make("dmc:cheetah-run", action_repeat=0)
+    with pytest.raises(ValueError, match="shadow_size must be a positive integer"):
+        envs.make("dmc:cheetah-run", shadow_size=0)
+    with pytest.raises(ValueError, match="shadow_size applies to DeepMind Control tasks only"):
+        envs.make("Pendulum-v1", shadow_size=512)
