@@ -69,11 +69,16 @@ def test_the_bayesian_study_is_regenerated_by_one_compare_command(tmp_path, caps
 
     folder = os.path.join(os.path.dirname(__file__), "..", "results", "bayes")
     out_dir = str(tmp_path / "study")
-    assert main(["compare", folder, "--steps", "19000", "--reports", "--out", out_dir]) == 0
+    marks = ["19000", "25000", "45000", "65000"]  # cheetah's one mark, then cartpole's three
+    assert main(["compare", folder, "--steps", *marks, "--reports", "--out", out_dir]) == 0
     printed = capsys.readouterr().out
-    # returns at 19k env steps (mean, sample std, seeds; each seed), the flipout and MC-dropout seeds 0-2
-    assert "| cheetah-run-quickstart | flipout | 105 +- 24 (3) | 132; 87; 97 |" in printed
-    assert "| cheetah-run-quickstart | mc_dropout | 87 +- 16 (3) | 102; 86; 71 |" in printed
+    # returns (mean, sample std, seeds; each seed), the flipout and MC-dropout seeds 0-2 on cheetah
+    assert "| cheetah-run-quickstart | flipout | 105 +- 24 (3) | - | - | - | 132/-/-/-; 87/-/-/-; 97/-/-/- |" in printed
+    assert "| cheetah-run-quickstart | mc_dropout | 87 +- 16 (3) | - | - | - |" in printed
+    # the second task: cartpole-swingup at 25k / 45k / 65k
+    assert "| cartpole-swingup-quickstart | deterministic | - | 105 +- 24 (3) | 213 +- 38 (3) | 244 +- 65 (3) |" in printed
+    assert "| cartpole-swingup-quickstart | reparameterization | - | 123 +- 16 (3) | 170 +- 50 (3) | 215 +- 24 (3) |" \
+        in printed
     for variant in ("deterministic", "reparameterization", "flipout", "mc_dropout"):
         rows = [line for line in printed.splitlines() if line.startswith(f"| cheetah-run-quickstart | {variant} |")]
         assert len(rows) == 2 + 10, variant  # returns, reports, and the probe of each of cheetah's 10 targets
