@@ -65,7 +65,7 @@ class DMCEnv(gym.Env):
     ``speed`` where the task defines one (e.g. cheetah's forward speed, m/s), ``env_steps``.
 
     `shadow_size`: the side of the shadow map in pixels (the suite's models use 2048 when None). Mesa's
-    software renderer draws that map for every frame: 512 renders a 64x64 frame about a third faster, and
+    software renderer draws that map for every frame: with 512 an env step takes about 0.72x as long, and
     under 0.1% of its values differ from the 2048 frame's by more than one 5-bit level.
     """
 
