@@ -66,7 +66,7 @@ class DMCEnv(gym.Env):
 
     `shadow_size`: the side of the shadow map in pixels (the suite's models use 2048 when None). Mesa's
     software renderer draws that map for every frame: with 512 an env step takes about 0.72x as long, and
-    under 0.1% of its values differ from the 2048 frame's by more than one 5-bit level.
+    under 0.1% of a frame's values differ from those of the 2048 frame by more than one 5-bit level.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
