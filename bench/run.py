@@ -47,7 +47,7 @@ ACTION_DIM = 6  # cheetah-run
 EPISODE_STEPS = 250  # 1000 env steps at action repeat 4
 REPLAY_EPISODES = 100
 RSS_STEPS = 5  # train steps in the peak-RSS process (the peak settles after 3)
-SMALL_SHADOW_MAP = 512  # env.shadow_size of the CPU presets (small, quickstart)
+SMALL_SHADOW_MAP = load_config("small").env.shadow_size  # the CPU presets' shadow map (small, quickstart)
 
 
 def random_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
