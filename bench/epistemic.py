@@ -72,9 +72,11 @@ SPLITS = {
 
 def train(episodes, scale: float | None, updates: int, seed: int, std_init: float = 1e-2,
           prior_scaling: str = "none", **model_options):
-    """A world model fitted to `episodes`; `scale` None: the ELBO's, 1 / (steps in `episodes`)."""
+    """A world model fitted to `episodes`; `scale` None: the ELBO's, T / (steps in `episodes`), with T the
+    `weight_kl_temperature` of `model_options` (1 unless given; T < 1 is a cold posterior)."""
     if scale is None:
-        scale = 1.0 / sum(len(episode["reward"]) for episode in episodes)
+        temperature = model_options.get("weight_kl_temperature", 1.0)
+        scale = temperature / sum(len(episode["reward"]) for episode in episodes)
     config = ModelConfig(**{**SIZES, **model_options}, weight_kl_schedule="constant", weight_kl_scale=scale,
                          posterior_std_init=std_init, prior_scaling=prior_scaling)
     model = WorldModel(config, 1, episodes[0]["observation"].shape[1:])
@@ -116,7 +118,8 @@ def main() -> None:
     parser.add_argument("--prior-scalings", nargs="+", default=["none"], choices=bayes.PRIOR_SCALINGS,
                         help="model.prior_scaling values")
     parser.add_argument("--elbo", action="store_true",
-                        help="weight-KL scale 1 / (training steps) per model instead of --scales")
+                        help="weight-KL scale T / (training steps) per model instead of --scales (T: "
+                             "--model weight_kl_temperature=T, default 1)")
     parser.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more ModelConfig options for every model, e.g. free_nats_side=posterior")
     parser.add_argument("--unseen", choices=tuple(SPLITS), default="direction",
