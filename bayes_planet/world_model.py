@@ -46,7 +46,8 @@ class ModelConfig:
       so the posterior narrows as data comes in and widens where data is scarce) or "constant"
       (`weight_kl_scale` at every update).
     weight_kl_temperature: T in the "elbo" schedule's weight, T / data_steps. 1 is the ELBO; T < 1 is a
-      cold posterior (Wenzel et al., 2020): narrower, still narrowing with data.
+      cold posterior (Wenzel et al., 2020): narrower, still narrowing with data. The default 0.1 learned
+      cartpole-swingup faster than the ELBO and cheetah-run as well (README, Results; issue 20).
     weight_kl_scale: the KL weight under the "constant" schedule. 4e-6 is PlaNet's schedule in these units
       (1 / (100 updates x 50 sequences x 50 steps) per collected episode); it keeps the posterior at its
       init, a point mass whose spread does not follow the data. The original 2e-4 walked the prior layers'
@@ -89,7 +90,7 @@ class ModelConfig:
     dropout_rate: float = 0.1
     weight_kl_scale: float = 4e-6
     weight_kl_schedule: str = "elbo"
-    weight_kl_temperature: float = 1.0
+    weight_kl_temperature: float = 0.1
     train_weights: str = "fresh"
     free_nats: float = 3.0
     free_nats_side: str = "posterior"

@@ -79,6 +79,8 @@ def test_the_bayesian_study_is_regenerated_by_one_compare_command(tmp_path, caps
     assert "| cartpole-swingup-quickstart | deterministic | - | 105 +- 24 (3) | 213 +- 38 (3) | 244 +- 65 (3) |" in printed
     assert "| cartpole-swingup-quickstart | reparameterization | - | 123 +- 16 (3) | 170 +- 50 (3) | 215 +- 24 (3) |" \
         in printed
+    # the cold posterior (T = 0.1, today's default): faster at 25k, two seeds dipping at 45k
+    assert "| cartpole-swingup-quickstart | cold | - | 209 +- 26 (3) | 121 +- 109 (3) | 238 +- 33 (3) |" in printed
     for variant in ("deterministic", "reparameterization", "flipout", "mc_dropout"):
         rows = [line for line in printed.splitlines() if line.startswith(f"| cheetah-run-quickstart | {variant} |")]
         assert len(rows) == 2 + 10, variant  # returns, reports, and the probe of each of cheetah's 10 targets

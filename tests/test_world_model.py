@@ -178,24 +178,27 @@ def test_per_sequence_training_weights():
         WorldModel(tiny_config(train_weights="sometimes"), A)
 
 
-def test_elbo_schedule_weighs_the_weight_kl_by_one_over_the_data_steps(model_and_params):
+def test_elbo_schedule_weighs_the_weight_kl_by_the_temperature_over_the_data_steps(model_and_params):
     elbo_model, params = model_and_params
     constant_model = WorldModel(tiny_config(weight_kl_schedule="constant"), A)
     constant_loss, terms = constant_model.loss(params, KEY, _batch())
     data_part = float(constant_loss) - constant_model.config.weight_kl_scale * float(terms["weight_kl"])
+    temperature = elbo_model.config.weight_kl_temperature  # the default 0.1: a cold posterior
+    assert temperature == pytest.approx(0.1)
     for data_steps in (250.0, 5000.0):
         loss, elbo_terms = elbo_model.loss(params, KEY, _batch(), data_steps)
-        assert float(elbo_terms["weight_kl_scale"]) == pytest.approx(1.0 / data_steps)
-        assert float(loss) == pytest.approx(data_part + float(terms["weight_kl"]) / data_steps, rel=1e-5)
-    cold_model = WorldModel(tiny_config(weight_kl_temperature=0.1), A)  # a cold posterior: 0.1 / data_steps
-    _, cold_terms = cold_model.loss(params, KEY, _batch(), 250.0)
-    assert float(cold_terms["weight_kl_scale"]) == pytest.approx(0.1 / 250.0)
+        assert float(elbo_terms["weight_kl_scale"]) == pytest.approx(temperature / data_steps)
+        assert float(loss) == pytest.approx(data_part + temperature * float(terms["weight_kl"]) / data_steps,
+                                            rel=1e-5)
+    true_elbo_model = WorldModel(tiny_config(weight_kl_temperature=1.0), A)  # the ELBO itself: 1 / data_steps
+    _, true_elbo_terms = true_elbo_model.loss(params, KEY, _batch(), 250.0)
+    assert float(true_elbo_terms["weight_kl_scale"]) == pytest.approx(1.0 / 250.0)
     # a train step takes the count as a traced value: a growing replay does not recompile it
     step = make_train_step(elbo_model, make_optimizer())
     opt_state = make_optimizer().init(params)
     for data_steps in (250.0, 5000.0):
         *_, metrics = step(params, opt_state, KEY, _batch(), np.float32(data_steps))
-        assert float(metrics["weight_kl_scale"]) == pytest.approx(1.0 / data_steps)
+        assert float(metrics["weight_kl_scale"]) == pytest.approx(temperature / data_steps)
     assert step._cache_size() == 1
     for needs_the_count in (lambda: elbo_model.loss(params, KEY, _batch()),
                             lambda: step(params, opt_state, KEY, _batch())):
