@@ -124,7 +124,7 @@ def load_run(logdir: str, planner_overrides: Sequence[str] = ()) -> Run:
     path = os.path.join(logdir, "config.yaml")
     if not os.path.exists(path):
         raise UsageError(f"{logdir} holds no run (no config.yaml)")
-    config = config_lib.from_dict(config_lib.read_yaml(path))
+    config = config_lib.read_run_config(path)
     for override in planner_overrides:
         if not override.startswith("planner."):
             raise UsageError(f"--set {override!r}: only planner.* keys can change on a trained model (e.g. "

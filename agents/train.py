@@ -78,16 +78,6 @@ class Diverged(RuntimeError):
     """Too many consecutive non-finite updates (``train.max_nonfinite_updates``)."""
 
 
-def _read_stored_config(path: str) -> Config:
-    values = config_lib.read_yaml(path)
-    if not values:
-        raise UsageError(f"{path} is empty or damaged: restore it, or start a new run with a new --logdir")
-    try:
-        return config_lib.from_dict(values)
-    except UsageError as error:
-        raise UsageError(f"{path}: {error}") from None
-
-
 def check_feasible(config: Config, env, logdir: str) -> None:
     """Refuse, before anything is written, what the config allows but the run could never do: chunks longer
     than an episode, a training batch larger than this machine's memory, a run directory whose files' paths
@@ -149,7 +139,7 @@ def prepare_run(logdir: str, config: Config | str | None, overrides: Sequence[st
         config = config_lib.load_config(config, overrides)
         overrides = ()
     if os.path.exists(path):
-        stored = _read_stored_config(path)
+        stored = config_lib.read_run_config(path)
         check_writable(logdir)
         if config is not None and config != stored:
             changed = "; ".join(config_lib.differences(stored, config))

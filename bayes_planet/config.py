@@ -336,6 +336,32 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
     return from_dict(values)
 
 
+# Options added after runs were first recorded whose default is not what a run without the key did: a stored
+# config that lacks one gets the value it was trained with, not today's default (a resumed run keeps its
+# objective). Keys added with a default that matches the old behaviour need no entry.
+BEFORE_THE_KEY_EXISTED = {
+    "model.weight_kl_schedule": "constant",  # issue 17 added the ELBO schedule and made it the default
+    "model.weight_kl_temperature": 1.0,  # the ELBO's weight; 0.1 (a cold posterior) is the default since issue 20
+}
+
+
+def read_run_config(path: str) -> Config:
+    """A run's stored ``config.yaml`` as a validated `Config`. Keys it lacks take today's defaults, except those
+    of `BEFORE_THE_KEY_EXISTED`, which take the value that reproduces the run as it was trained. Raises a
+    `UsageError` naming the file when it is empty, damaged or invalid."""
+    values = read_yaml(path)
+    if not values:
+        raise UsageError(f"{path} is empty or damaged: restore it, or start a new run with a new --logdir")
+    stored_keys = {key for key, _ in _flat(values)}
+    for key, value in BEFORE_THE_KEY_EXISTED.items():
+        if key not in stored_keys:
+            values = _merge(values, parse_override(f"{key}={value}"))
+    try:
+        return from_dict(values)
+    except UsageError as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
 def save_config(config: Config, path: str) -> None:
     from bayes_planet.files import atomic_write
 

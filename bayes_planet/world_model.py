@@ -42,8 +42,9 @@ class ModelConfig:
     train_weights: "fresh" (a new draw per call, per the estimator) or "per_sequence" (one weight sample
       held along each training sequence).
     weight_kl_schedule: how the weight KL is weighted against the data term, a mean per sequence step:
-      "elbo" (the default: 1 / the number of sequence steps in the training data, the ELBO's own weighting,
-      so the posterior narrows as data comes in and widens where data is scarce) or "constant"
+      "elbo" (the default: `weight_kl_temperature` / the number of sequence steps in the training data, the
+      ELBO's own weighting at temperature 1, so the posterior narrows as data comes in and widens where
+      data is scarce) or "constant"
       (`weight_kl_scale` at every update).
     weight_kl_temperature: T in the "elbo" schedule's weight, T / data_steps. 1 is the ELBO; T < 1 is a
       cold posterior (Wenzel et al., 2020): narrower, still narrowing with data. The default 0.1 learned

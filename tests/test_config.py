@@ -74,3 +74,26 @@ def test_unknown_preset_lists_the_presets():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().seed = 1
+
+
+def test_a_stored_config_without_a_later_key_keeps_the_value_it_was_trained_with(tmp_path):
+    """A run recorded before `model.weight_kl_temperature` (or `model.weight_kl_schedule`) existed trained
+    with T = 1 (or the constant schedule): reading it back must not switch it to today's defaults."""
+    results = __file__.replace("tests/test_config.py", "results/bayes/cartpole-swingup-quickstart")
+    before_cold = config_lib.read_run_config(f"{results}/reparameterization/seed-0/config.yaml")
+    assert before_cold.model.weight_kl_schedule == "elbo" and before_cold.model.weight_kl_temperature == 1.0
+    cold = config_lib.read_run_config(f"{results}/cold/seed-0/config.yaml")
+    assert cold.model.weight_kl_temperature == 0.1
+    values = config_lib.to_dict(load_config("quickstart"))
+    for key in ("weight_kl_schedule", "weight_kl_temperature"):
+        del values["model"][key]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    before_elbo = config_lib.read_run_config(str(path))
+    assert before_elbo.model.weight_kl_schedule == "constant" and before_elbo.model.weight_kl_temperature == 1.0
+    assert before_elbo.model.cnn_depth == load_config("quickstart").model.cnn_depth  # the rest as stored
+    config_lib.save_config(load_config("quickstart"), str(path))  # today's runs store every key
+    assert config_lib.read_run_config(str(path)) == load_config("quickstart")
+    path.write_text("")
+    with pytest.raises(config_lib.UsageError, match="config.yaml is empty or damaged"):
+        config_lib.read_run_config(str(path))
