@@ -280,7 +280,12 @@ def parse_override(text: str) -> dict:
         value: Any = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         _fail(f"override {text!r}: the value is not valid YAML ({_yaml_problem(error)}); quote it if it is text")
-    for part in reversed(key.strip().split(".")):
+    return _nested(key.strip(), value)
+
+
+def _nested(dotted_key: str, value: Any) -> dict:
+    """``("planner.beta", 1.0)`` -> ``{"planner": {"beta": 1.0}}``."""
+    for part in reversed(dotted_key.split(".")):
         value = {part: value}
     return value
 
@@ -355,7 +360,7 @@ def read_run_config(path: str) -> Config:
     stored_keys = {key for key, _ in _flat(values)}
     for key, value in BEFORE_THE_KEY_EXISTED.items():
         if key not in stored_keys:
-            values = _merge(values, parse_override(f"{key}={value}"))
+            values = _merge(values, _nested(key, value))
     try:
         return from_dict(values)
     except UsageError as error:
