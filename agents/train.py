@@ -510,11 +510,16 @@ class Trainer:
         a checkpoint written; a second signal stops it at once (`Interrupted`)."""
         with RunLock(self.logdir), self._stop_on_signals():
             try:
-                return self._run()
-            except Interrupted as stop:
-                if not stop.forced and self._second_signal is None:
-                    stop.saved = self.params is not None and self.save()
-                if not stop.forced and self._second_signal is not None:  # its own exception was swallowed
+                try:
+                    return self._run()
+                except Interrupted as stop:
+                    if not stop.forced and self._second_signal is None:
+                        stop.saved = self.params is not None and self.save()
+                    raise
+            except BaseException as error:
+                if self._second_signal is not None and not (isinstance(error, Interrupted) and error.forced):
+                    # the second signal's own exception was swallowed (a gc callback, a finalizer) or turned
+                    # into another one by the code it landed in (e.g. inspect's TypeError): report the stop
                     raise Interrupted(self._second_signal, forced=True) from None
                 raise
             finally:

@@ -417,6 +417,28 @@ def test_a_second_signal_whose_exception_a_finalizer_swallows_still_stops_at_onc
     assert stop.value.forced and stop.value.signum == signal.SIGTERM, stop.value
 
 
+def test_a_second_signal_whose_exception_the_code_it_lands_in_turns_into_another_still_stops_at_once(tmp_path):
+    """The handler's exception can also surface as another one: haiku's `auto_repr` calls
+    `inspect.getfullargspec`, which turns any exception into TypeError('unsupported callable'). Seen in CI
+    (exit status 1 instead of 128 + SIGTERM); the run must still report the forced stop."""
+    from bayes_planet.agents.train import Interrupted
+
+    trainer = Trainer(str(tmp_path / "run"), load_config("default", TINY_RUN), progress=False)
+
+    def second_signal_inside_a_library():
+        signal.raise_signal(signal.SIGINT)  # the first: a flag, checked at the next step
+        try:
+            signal.raise_signal(signal.SIGTERM)  # the second: its handler raises here
+        except Exception as error:
+            raise TypeError("unsupported callable") from error
+
+    trainer.train_phase = second_signal_inside_a_library
+    with pytest.raises(Interrupted) as stop:
+        trainer.run()
+    assert stop.value.forced and stop.value.signum == signal.SIGTERM and not stop.value.saved, stop.value
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
 @pytest.mark.slow
 def test_sigint_during_seed_episodes_says_no_checkpoint_and_a_second_signal_stops_at_once(tmp_path):
     logdir = str(tmp_path / "run")
