@@ -5,7 +5,7 @@ one per variant (`--set`-style overrides on top of the run's config, the same ba
 their open-loop reward predictions on the run's held-out evaluation episodes with the calibration report
 (`bayes_planet.calibration`: K weight samples x latent samples, each a Gaussian with the model's reward std)::
 
-    python bench/reward_noise.py --run ~/runs/dmc100k/cheetah-run/default/seed-0 --updates 2000 \\
+    python bench/reward_noise.py --run ~/runs/dmc100k/cheetah-run/issue-17-defaults/seed-0 --updates 2000 \\
         [--variant NAME KEY=VALUE ...] [--out reward_noise.json]
 
 Default variants: model.transition deterministic and reparameterization, each with model.reward_noise
