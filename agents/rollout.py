@@ -20,6 +20,7 @@ class Episode:
 
     @property
     def total_reward(self) -> float:
+        """The episode's undiscounted return (sum of its rewards)."""
         return float(np.sum(self.rewards))
 
     def arrays(self) -> dict[str, np.ndarray]:

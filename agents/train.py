@@ -183,6 +183,7 @@ def evaluation_record(returns: Sequence[float]) -> dict:
 
 
 def episode_seed(config: Config, index: int) -> int:
+    """The env seed of a run's episode number ``index`` (distinct across run seeds for index < 100,003)."""
     return config.seed * 100_003 + index
 
 
@@ -309,6 +310,8 @@ class Trainer:
                     self.seconds["env"] += time.perf_counter() - start - (self.seconds["planning"] - planning)
 
     def collect_seed_episodes(self) -> None:
+        """Fill the replay with uniform-random episodes up to ``train.seed_episodes`` (a resume adds only
+        the missing ones), logging each as a ``random`` record."""
         while len(self.replay) < self.config.train.seed_episodes:
             index = self.replay.next_index  # never reused, so no two episodes share a seed
             seed = episode_seed(self.config, index)
@@ -368,6 +371,7 @@ class Trainer:
         return means
 
     def collect_episode(self) -> float:
+        """One episode with the agent and ``train.exploration_noise``, stored in the replay; returns its return."""
         index = self.replay.next_index
         self.key, key_agent = jax.random.split(self.key)
         policy = self.agent.policy(self.params, key_agent, self.config.train.exploration_noise)
@@ -467,14 +471,17 @@ class Trainer:
                 **{name: values["mean"] for name, values in check["summary"].items()}})
 
     def last_eval_return(self) -> float:
+        """The latest evaluation's mean return in ``metrics.jsonl``; NaN before the first."""
         returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "eval"]
         return returns[-1] if returns else float("nan")
 
     def random_return(self) -> float:
+        """The mean return of this run's random seed episodes: the random-policy reference on its task."""
         returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "random"]
         return float(np.mean(returns)) if returns else float("nan")
 
     def plot(self) -> None:
+        """Write ``learning_curve.png``: training and evaluation returns against env steps, random as a line."""
         plot_learning_curve(read_metrics(self.logdir), os.path.join(self.logdir, "learning_curve.png"),
                             self.config.env.task, self.random_return())
 

@@ -106,6 +106,9 @@ class ParallelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """A run's whole configuration: ``seed`` plus the env, model, planner and train sections (and
+    parallel), read from a preset with `load_config` and written beside the run as ``config.yaml``."""
+
     seed: int = 0
     env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -329,6 +332,7 @@ CHANGEABLE_ON_RESUME = ("env.shadow_size", "train.env_steps", "train.eval_every"
 
 
 def changeable_on_resume(key: str) -> bool:
+    """Whether an override of dotted ``key`` may differ from a run's stored config when it is resumed."""
     return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
                for allowed in CHANGEABLE_ON_RESUME)
 
@@ -368,6 +372,7 @@ def read_run_config(path: str) -> Config:
 
 
 def save_config(config: Config, path: str) -> None:
+    """Write ``config`` as YAML to ``path`` atomically (a kill leaves the old file or the new one)."""
     from bayes_planet.files import atomic_write
 
     atomic_write(path, lambda handle: handle.write(yaml.safe_dump(to_dict(config), sort_keys=False).encode()))

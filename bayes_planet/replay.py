@@ -160,6 +160,7 @@ class Replay:
 
     @property
     def num_in_memory(self) -> int:
+        """How many episodes are cached in memory now (at most ``max_in_memory``; the rest are read from disk)."""
         return len(self._cache)
 
     def sample(self, batch_size: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -151,7 +151,8 @@ def env_rows(repeats: int) -> list[tuple[str, str]]:
     ours, reference, small = medians["ours"], medians["bare"], medians["small shadows"]
     return [(f"env step (cheetah-run, repeat {repeat} + one 64x64 render)", f"{ours * 1e3:.2f} ms"),
             ("  bare dm_control: 4 physics steps + render", f"{reference * 1e3:.2f} ms ({ours / reference - 1:+.1%})"),
-            (f"  with env.shadow_size={SMALL_SHADOW_MAP} (the suite's: 2048)", f"{small * 1e3:.2f} ms ({small / ours:.2f}x)")]
+            (f"  with env.shadow_size={SMALL_SHADOW_MAP} (the suite's: 2048)",
+             f"{small * 1e3:.2f} ms ({small / ours:.2f}x)")]
 
 
 def fill_replay(directory: str, episodes: int = REPLAY_EPISODES) -> Replay:

@@ -38,6 +38,7 @@ def resolve_task(domain: str, task: str) -> tuple[str, str]:
 
 
 def default_action_repeat(domain: str) -> int:
+    """PlaNet's action repeat for a DeepMind Control domain (e.g. 8 for cartpole), or the default for others."""
     return PLANET_ACTION_REPEAT.get(DOMAIN_ALIASES.get(domain, domain), DEFAULT_ACTION_REPEAT)
 
 

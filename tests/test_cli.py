@@ -76,7 +76,8 @@ def test_the_bayesian_study_is_regenerated_by_one_compare_command(tmp_path, caps
     assert "| cheetah-run-quickstart | flipout | 105 +- 24 (3) | - | - | - | 132/-/-/-; 87/-/-/-; 97/-/-/- |" in printed
     assert "| cheetah-run-quickstart | mc_dropout | 87 +- 16 (3) | - | - | - |" in printed
     # the second task: cartpole-swingup at 25k / 45k / 65k
-    assert "| cartpole-swingup-quickstart | deterministic | - | 105 +- 24 (3) | 213 +- 38 (3) | 244 +- 65 (3) |" in printed
+    assert "| cartpole-swingup-quickstart | deterministic | - | 105 +- 24 (3) | 213 +- 38 (3) | 244 +- 65 (3) |" \
+        in printed
     assert "| cartpole-swingup-quickstart | reparameterization | - | 123 +- 16 (3) | 170 +- 50 (3) | 215 +- 24 (3) |" \
         in printed
     # the cold posterior (T = 0.1, today's default): faster at 25k, two seeds dipping at 45k
