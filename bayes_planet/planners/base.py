@@ -42,10 +42,15 @@ class Planner(Protocol):
     horizon: int
     candidates: int
 
-    def initial_plan(self, action_dim: int) -> jax.Array: ...
+    def initial_plan(self, action_dim: int) -> jax.Array:
+        """The plan an episode starts from, ``[horizon, action_dim]`` in ``[-1, 1]``."""
+        ...
 
     def __call__(self, key: jax.Array, score_fn: ScoreFn, state: Any,
-                 previous_plan: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+                 previous_plan: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Plan from the latent `state` given last step's plan ``[horizon, A]``: return the action
+        to take now ``[A]`` and the plan ``[horizon, A]`` to pass back at the next step."""
+        ...
 
 
 def check_sizes(planner: Any, names: tuple[str, ...]) -> None:
