@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.errors import UsageError
+from bayes_planet.logger import read_metrics
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -79,6 +80,15 @@ def is_finished(run: RunSpec | str) -> bool:
     return os.path.exists(path) and bool(load_checkpoint(path, False, subtree="finished"))
 
 
+def is_recorded_evaluation(folder: str) -> bool:
+    """Whether `folder` was written by ``eval --record``: no checkpoint, and only evaluation records in its
+    `metrics.jsonl` (a training run logs its seed episodes before its first checkpoint)."""
+    if os.path.exists(os.path.join(folder, CHECKPOINT_NAME)):
+        return False
+    kinds = {record["kind"] for record in read_metrics(folder)}
+    return kinds == {"eval"}
+
+
 RESULT_FILES = ("config.yaml", "metrics.jsonl")  # what a finished run leaves in a results folder
 
 
@@ -90,9 +100,9 @@ def _read_bytes(path: str) -> bytes | None:
 
 
 def collect_results(source: str, destination: str) -> dict[str, list[str]]:
-    """Copy `RESULT_FILES` of every finished run below `source` to the same relative path below
-    `destination` (so a sweep's ``<task>/<variant>/seed-<n>`` becomes a results folder that `compare`
-    reads), never episodes, checkpoints or videos. Returns the runs' relative paths by outcome: copied,
+    """Copy `RESULT_FILES` of every finished run (or ``eval --record`` folder) below `source` to the same
+    relative path below `destination` (so a sweep's ``<task>/<variant>/seed-<n>`` becomes a results folder
+    that `compare` reads), never episodes, checkpoints or videos. Returns the runs' relative paths by outcome: copied,
     unchanged (already there, byte for byte), unfinished (left out)."""
     from bayes_planet.files import atomic_write
 
@@ -108,7 +118,7 @@ def collect_results(source: str, destination: str) -> dict[str, list[str]]:
             continue
         folders[:] = []  # a run directory holds no other run
         relative = os.path.relpath(root, source)
-        if not is_finished(root):
+        if not (is_finished(root) or is_recorded_evaluation(root)):
             outcome["unfinished"].append(relative)
             continue
         target = os.path.join(destination, relative)

@@ -192,7 +192,7 @@ def test_load_run_acts_in_a_real_env_and_writes_nothing(tiny_run, capsys):
     assert _tree(logdir) == before
 
 
-def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run, capsys):
+def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run, capsys, tmp_path):
     logdir, _ = tiny_run
     before = _tree(logdir)
     outputs = []
@@ -214,6 +214,10 @@ def test_eval_with_a_seed_is_reproducible_and_leaves_the_run_unchanged(tiny_run,
     np.testing.assert_allclose(group.at(3 * EPISODE_ENV_STEPS), [np.mean(returns)], atol=0.06)
     np.testing.assert_allclose(group.report_values("eval", "return_min"), [min(returns)], atol=0.06)
     assert load_config(os.path.join(record, "config.yaml")).planner.objective == "risk_averse"
+    from bayes_planet.agents.sweep import collect_results  # a recorded evaluation is collected like a run
+
+    outcome = collect_results(os.path.dirname(logdir), str(tmp_path))
+    assert outcome["copied"] == [os.path.relpath(record, os.path.dirname(logdir)), "run"]
     assert main(["eval", "--logdir", logdir, "--record", logdir]) == 2  # never into the run itself
     for override, message in (("model.deter_size=8", "only planner.* keys can change on a trained model"),
                               ("planner.top_k=1000", "top_k"), ("planner.beta=-1", "planner.beta")):
