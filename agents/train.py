@@ -21,6 +21,7 @@ A run directory holds:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -45,7 +46,7 @@ from bayes_planet.agents.run import (
 from tqdm import tqdm
 
 from bayes_planet import config as config_lib
-from bayes_planet import memory, parallel
+from bayes_planet import envs, memory, parallel
 from bayes_planet.checkpoint import is_finite, load_checkpoint, save_checkpoint
 from bayes_planet.config import Config
 from bayes_planet.errors import UsageError
@@ -127,6 +128,13 @@ def _resume_with(logdir: str, stored: Config, overrides: Sequence[str]) -> Confi
     return updated
 
 
+def _with_effective_action_repeat(config: Config) -> Config:
+    """`config` with ``env.action_repeat`` 0 replaced by the task's default, so that a run recorded with 4 on
+    cheetah-run resumes under a preset that says 0 (PlaNet's per task)."""
+    repeat = envs.effective_action_repeat(config.env.task, config.env.action_repeat)
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, action_repeat=repeat))
+
+
 def prepare_run(logdir: str, config: Config | str | None, overrides: Sequence[str] = ()) -> Config:
     """Create or reopen a run directory. A new run needs `config` (a `Config`, or a preset name or YAML path
     that `overrides` then apply to). An existing one keeps its own: a different
@@ -141,7 +149,7 @@ def prepare_run(logdir: str, config: Config | str | None, overrides: Sequence[st
     if os.path.exists(path):
         stored = config_lib.read_run_config(path)
         check_writable(logdir)
-        if config is not None and config != stored:
+        if config is not None and _with_effective_action_repeat(config) != _with_effective_action_repeat(stored):
             changed = "; ".join(config_lib.differences(stored, config))
             raise UsageError(f"{logdir} holds a run with a different config ({changed}); use a new --logdir, or "
                              "rerun without --config (--set alone changes what may change on resume)")

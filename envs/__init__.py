@@ -43,6 +43,17 @@ def parse_dmc_name(name: str) -> tuple[str, str]:
     return resolve_task(domain, task.replace("-", "_"))
 
 
+def effective_action_repeat(name: str, action_repeat: int) -> int:
+    """The action repeat `make` gives `name` for a config's `action_repeat`, where 0 means the default:
+    PlaNet's for a 'dmc:<domain>-<task>' name (so 0 and 8 are the same for cartpole), 1 for a gymnasium id.
+    Other names keep the value they were given."""
+    if action_repeat:
+        return action_repeat
+    if name.startswith(DMC_PREFIX):
+        return default_action_repeat(parse_dmc_name(name)[0])
+    return action_repeat if name.startswith("dmc/") else 1
+
+
 def make(
     name: str,
     *,
@@ -91,6 +102,7 @@ __all__ = [
     "DMCEnv",
     "PlanetInterface",
     "default_action_repeat",
+    "effective_action_repeat",
     "make",
     "parse_dmc_name",
     "resize_area",

@@ -211,6 +211,26 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, override, messa
     assert not os.path.exists(os.path.join(logdir, "config.yaml")), "nothing written for a bad config"
 
 
+def test_a_run_recorded_with_the_tasks_own_action_repeat_resumes_under_a_preset_that_says_0(tmp_path):
+    """The quickstart said action_repeat 4 before it said 0 (PlaNet's per task, 4 on cheetah-run): a run
+    recorded then is the same run, while any other repeat is refused by name."""
+    from bayes_planet.agents.train import prepare_run
+
+    from bayes_planet import config as config_lib
+    from bayes_planet.errors import UsageError
+
+    logdir = str(tmp_path / "run")
+    os.makedirs(logdir)
+    before = load_config("quickstart", ["env.action_repeat=4"])
+    config_lib.save_config(before, os.path.join(logdir, "config.yaml"))
+    assert load_config("quickstart").env.action_repeat == 0
+    assert prepare_run(logdir, "quickstart") == before  # the stored config, untouched
+    with pytest.raises(UsageError, match="env.action_repeat: 4 -> 8"):
+        prepare_run(logdir, "quickstart", ["env.action_repeat=8"])
+    with pytest.raises(UsageError, match="env.action_repeat: 4 -> 0"):  # 0 is 8 on cartpole, not 4
+        prepare_run(logdir, "quickstart", ["env.task=dmc:cartpole-swingup"])
+
+
 def test_an_unwritable_log_directory_is_one_line_and_exit_code_2(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
