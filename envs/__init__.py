@@ -86,7 +86,7 @@ def make(
     if shadow_size is not None:
         raise ValueError(f"shadow_size applies to DeepMind Control tasks only, not to {name!r}")
     env = gym.make(name, render_mode="rgb_array" if observation == "pixels" else None)
-    wrapped = PlanetInterface(env, action_repeat or 1, image_size, observation)
+    wrapped = PlanetInterface(env, effective_action_repeat(name, action_repeat or 0), image_size, observation)
     if seed is not None:
         wrapped.reset(seed=seed)
     return wrapped
