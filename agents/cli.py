@@ -91,6 +91,8 @@ def _eval(args: argparse.Namespace) -> int:
     from bayes_planet.viz import write_video
 
     _positive(args, "episodes")
+    if not 0.0 <= args.exploration_noise < float("inf"):
+        raise UsageError(f"--exploration-noise must be a finite std >= 0, got {args.exploration_noise}")
     if args.record and os.path.realpath(args.record) == os.path.realpath(args.logdir):
         raise UsageError("--record must be a folder of its own, not the run directory (eval leaves the run as it was)")
     run = load_run(args.logdir, args.set)
@@ -99,11 +101,13 @@ def _eval(args: argparse.Namespace) -> int:
         check_writable(args.record)
     steps = args.episodes * getattr(run.make_env().unwrapped, "max_episode_steps", 0)
     with tqdm(total=steps or None, desc="eval", leave=False, disable=args.no_progress) as bar:
-        episodes = run.evaluate(args.episodes, args.seed, on_step=lambda reward: bar.update(1))
+        episodes = run.evaluate(args.episodes, args.seed, on_step=lambda reward: bar.update(1),
+                                exploration_noise=args.exploration_noise)
     returns = [episode_return(e) for e in episodes]
     planner = f"planner {' '.join(args.set)}; " if args.set else ""
+    noise = f"exploration noise {args.exploration_noise:g}" if args.exploration_noise else "no exploration noise"
     print(f"{run.config.env.task}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} (worst {min(returns):.1f}) "
-          f"over {len(returns)} episodes (no exploration noise, --seed {args.seed}; {planner}{run.updates} updates): "
+          f"over {len(returns)} episodes ({noise}, --seed {args.seed}; {planner}{run.updates} updates): "
           + " ".join(f"{r:.1f}" for r in returns))
     if args.record:
         from bayes_planet.config import save_config
@@ -112,7 +116,8 @@ def _eval(args: argparse.Namespace) -> int:
         step = max((record["step"] for record in read_metrics(args.logdir)), default=0)
         save_config(run.config, os.path.join(args.record, "config.yaml"))
         logger = Logger(args.record)
-        logger.write("eval", step, {**evaluation_record(returns), "updates": run.updates, "seed": args.seed})
+        logger.write("eval", step, {**evaluation_record(returns), "updates": run.updates, "seed": args.seed,
+                                    "exploration_noise": args.exploration_noise})
         logger.close()
         print(f"recorded as an evaluation at env step {step}: {os.path.join(args.record, 'metrics.jsonl')}")
     if args.video and run.config.model.observation == "pixels":
@@ -327,15 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
     evaluate = commands.add_parser(
         "eval", help="evaluate a run's latest checkpoint without exploration noise",
-        description="Roll out --episodes episodes with the run's agent and no exploration noise, from env seeds "
-                    "and planner keys fixed by --seed; print every return. Read-only: the run directory is "
-                    "not changed (except for --video).")
+        description="Roll out --episodes episodes with the run's agent and no exploration noise (unless "
+                    "--exploration-noise), from env seeds and planner keys fixed by --seed; print every return. "
+                    "Read-only: the run directory is not changed (except for --video).")
     evaluate.add_argument("--logdir", required=True, help="run directory written by `bayes-planet train`")
     evaluate.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
     evaluate.add_argument("--seed", type=int, default=0,
                           help="evaluation seed: the same seed gives the same episodes and returns (default 0)")
     evaluate.add_argument("--video", action="store_true",
                           help="also write <logdir>/eval_episode.mp4 of the first episode")
+    evaluate.add_argument("--exploration-noise", type=float, default=0.0, metavar="STD",
+                          help="add N(0, STD^2) to every planned action, clipped to [-1, 1], as training does "
+                               "(train.exploration_noise); default 0, the evaluation protocol")
     _planner_overrides_argument(evaluate)
     evaluate.add_argument("--record", default=None, metavar="FOLDER",
                           help="also append the evaluation to FOLDER/metrics.jsonl (at the run's last env step) "

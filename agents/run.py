@@ -98,15 +98,19 @@ class Run:
             return []
         return Replay(os.path.join(self.logdir, EPISODES), max_in_memory=count, read_only=True).latest(count)
 
-    def evaluate(self, count: int, seed: int = 0, on_step=None) -> list[dict[str, np.ndarray]]:
-        """`count` new episodes without exploration noise, kept in memory only. Episode ``i`` of ``seed``
-        always gets the same env seed and planner key, so the same checkpoint gives the same returns."""
+    def evaluate(self, count: int, seed: int = 0, on_step=None,
+                 exploration_noise: float = 0.0) -> list[dict[str, np.ndarray]]:
+        """`count` new episodes, kept in memory only; without exploration noise unless `exploration_noise`
+        (the std of the Gaussian added to each planned action, as in training) says otherwise. Episode ``i``
+        of ``seed`` always gets the same env seed and planner key, so the same checkpoint gives the same
+        returns."""
         agent, episodes = self.agent(), []
         env = self.make_env()
         for index in range(count):
             env_seed = int(np.random.SeedSequence([self.config.seed, seed, index]).generate_state(1)[0])
             key = jax.random.fold_in(jax.random.PRNGKey(seed), index)
-            episodes.append(run_episode(env, agent.policy(self.params, key, 0.0), env_seed, on_step).arrays())
+            episodes.append(run_episode(env, agent.policy(self.params, key, exploration_noise), env_seed,
+                                        on_step).arrays())
         env.close()
         return episodes
 

@@ -240,7 +240,14 @@ def test_a_users_planner_named_in_the_config_trains_is_recorded_and_evaluates(tm
     assert run.agent().planner == ConstantActions(horizon=4, candidates=16, spread=0.5)
     (episode,) = run.evaluate(1)
     assert 0 < np.max(np.abs(episode["action"])) <= 0.5, "without noise, actions lie in [-spread, spread]"
+    (noisy,) = run.evaluate(1, exploration_noise=1.0)  # the same episode with training's noise, clipped
+    assert np.max(np.abs(noisy["action"])) == 1.0
     assert main(["eval", "--logdir", logdir, "--episodes", "1", "--no-progress"]) == 0
+    assert "(no exploration noise, --seed 0;" in capsys.readouterr().out
+    assert main(["eval", "--logdir", logdir, "--episodes", "1", "--no-progress", "--exploration-noise", "0.3"]) == 0
+    assert "(exploration noise 0.3, --seed 0;" in capsys.readouterr().out
+    assert main(["eval", "--logdir", logdir, "--no-progress", "--exploration-noise", "-1"]) == 2
+    assert "--exploration-noise must be a finite std >= 0, got -1.0" in capsys.readouterr().err
     assert main(["train", "--logdir", str(tmp_path / "bad"), "--no-progress", "--set",
                  "planner.name=user_planner:ConstantActions", "--set", "planner.options.sprad=1"]) == 2
     assert "'planner.options.sprad' is not a field of planner" in capsys.readouterr().err
