@@ -70,7 +70,9 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if result["already_finished"]:
         print(f"{args.logdir}: this run is finished; nothing to do")
-    print(f"{args.logdir}: evaluation return {result['eval_return']:.1f}; random policy return "
+    episodes = result["eval_returns"]
+    print(f"{args.logdir}: evaluation return {result['eval_return']:.1f} (mean of {len(episodes)} episodes without "
+          f"exploration noise: {' '.join(f'{r:.1f}' for r in episodes)}); random policy return "
           f"{result['random_return']:.1f} (mean of the seed episodes, same task)")
     print(f"learning curve: {os.path.join(args.logdir, 'learning_curve.png')}")
     return 0

@@ -478,10 +478,17 @@ class Trainer:
                 "episode_return": check["episode_return"], "states": len(check["states"]),
                 **{name: values["mean"] for name, values in check["summary"].items()}})
 
+    def last_eval_returns(self) -> list[float]:
+        """Every episode's return in the latest evaluation in ``metrics.jsonl``; empty before the first."""
+        evaluations = [r for r in read_metrics(self.logdir) if r["kind"] == "eval"]
+        if not evaluations:
+            return []
+        return [float(r) for r in evaluations[-1].get("returns", [evaluations[-1]["return"]])]  # older runs: mean only
+
     def last_eval_return(self) -> float:
         """The latest evaluation's mean return in ``metrics.jsonl``; NaN before the first."""
-        returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "eval"]
-        return returns[-1] if returns else float("nan")
+        returns = self.last_eval_returns()
+        return float(np.mean(returns)) if returns else float("nan")
 
     def random_return(self) -> float:
         """The mean return of this run's random seed episodes: the random-policy reference on its task."""
@@ -593,7 +600,8 @@ class Trainer:
             self.logger.write("time", self.env_steps, dict(self.seconds, total=sum(self.seconds.values())))
             self._say("where the time went: " + ", ".join(
                 f"{phase} {seconds / 60:.1f} min" for phase, seconds in self.seconds.items()))
-        return {"eval_return": self.last_eval_return(), "random_return": self.random_return(),
+        return {"eval_return": self.last_eval_return(), "eval_returns": self.last_eval_returns(),
+                "random_return": self.random_return(),
                 "already_finished": float(already_finished)}
 
 

@@ -113,7 +113,9 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path)
     assert len(_records(logdir, "random")) == 2
     assert [r["updates"] for r in _records(logdir, "train")][-1] == 6
     assert len(os.listdir(os.path.join(logdir, "episodes"))) == 4
-    assert "evaluation return" in finished.stdout
+    last = _records(logdir, "eval")[-1]
+    assert (f"evaluation return {last['return']:.1f} (mean of {len(last['returns'])} episodes without exploration "
+            f"noise: {' '.join(f'{r:.1f}' for r in last['returns'])}); random policy return") in finished.stdout
     # a different config on the same run directory is refused, naming the option
     refused = subprocess.run(_cli(logdir, "--set", "model.deter_size=32"), capture_output=True, text=True)
     assert refused.returncode == 2 and "model.deter_size: 16 -> 32 cannot change" in refused.stderr
