@@ -485,11 +485,6 @@ class Trainer:
             return []
         return [float(r) for r in evaluations[-1].get("returns", [evaluations[-1]["return"]])]  # older runs: mean only
 
-    def last_eval_return(self) -> float:
-        """The latest evaluation's mean return in ``metrics.jsonl``; NaN before the first."""
-        returns = self.last_eval_returns()
-        return float(np.mean(returns)) if returns else float("nan")
-
     def random_return(self) -> float:
         """The mean return of this run's random seed episodes: the random-policy reference on its task."""
         returns = [r["return"] for r in read_metrics(self.logdir) if r["kind"] == "random"]
@@ -600,7 +595,8 @@ class Trainer:
             self.logger.write("time", self.env_steps, dict(self.seconds, total=sum(self.seconds.values())))
             self._say("where the time went: " + ", ".join(
                 f"{phase} {seconds / 60:.1f} min" for phase, seconds in self.seconds.items()))
-        return {"eval_return": self.last_eval_return(), "eval_returns": self.last_eval_returns(),
+        returns = self.last_eval_returns()  # read once: metrics.jsonl grows with the run
+        return {"eval_return": float(np.mean(returns)) if returns else float("nan"), "eval_returns": returns,
                 "random_return": self.random_return(),
                 "already_finished": float(already_finished)}
 
