@@ -57,23 +57,36 @@ def random_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.nd
             "reward": rng.uniform(0, 1, (batch_size, length)).astype(np.float32)}
 
 
-def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()):
-    """CEM call (K weight samples, and the posterior mean; float32 and bfloat16 matmuls) and one filter step,
-    at a preset's sizes. Returns the rows and the posterior-mean calls by matmul dtype."""
-    config = load_config(PRESETS[preset], overrides)
-    model = WorldModel(config.model, ACTION_DIM)
-    params = model.init(jax.random.PRNGKey(0), random_batch(1, 2))
+def untrained_model(model_config):
+    """``(WorldModel, params)`` at `model_config`'s sizes with freshly initialised weights (cheetah's actions)."""
+    model = WorldModel(model_config, ACTION_DIM)
+    return model, model.init(jax.random.PRNGKey(0), random_batch(1, 2))
+
+
+def planner_call(config, model, params, samples: int, matmul_dtype: str):
+    """A blocking no-argument function that runs `config`'s planner once (compiled, from a fresh plan) on
+    `model` under `samples` weight samples (0: the posterior mean) with `matmul_dtype` rollouts."""
     planner = make_planner(config)
     state = model.initial_state(1)
     plan0 = planner.initial_plan(ACTION_DIM)
     p = config.planner
-    objective = make_objective(p.objective, p.beta, p.alpha)
+    score = world_model_scorer(model, params, jax.random.PRNGKey(1), make_objective(p.objective, p.beta, p.alpha),
+                               samples, matmul_dtype=matmul_dtype)
+    compiled = jax.jit(lambda key, state, plan: planner(key, score, state, plan))
+    return lambda: jax.block_until_ready(compiled(jax.random.PRNGKey(2), state, plan0))
+
+
+def planning_rows(preset: str, repeats: int, overrides: tuple[str, ...] = ()):
+    """CEM call (K weight samples, and the posterior mean; float32 and bfloat16 matmuls) and one filter step,
+    at a preset's sizes. Returns the rows and the posterior-mean calls by matmul dtype."""
+    config = load_config(PRESETS[preset], overrides)
+    model, params = untrained_model(config.model)
+    state = model.initial_state(1)
+    p = config.planner
     rows, mean_calls = [], {}
     for samples, dtype in ((p.weight_samples, "float32"), (p.weight_samples, "bfloat16"), (0, "float32"),
                            (0, "bfloat16")):
-        score = world_model_scorer(model, params, jax.random.PRNGKey(1), objective, samples, matmul_dtype=dtype)
-        compiled = jax.jit(lambda key, state, plan, score=score: planner(key, score, state, plan))
-        call = lambda compiled=compiled: jax.block_until_ready(compiled(jax.random.PRNGKey(2), state, plan0))
+        call = planner_call(config, model, params, samples, dtype)
         if not samples:
             mean_calls[dtype] = call
         seconds = median_seconds(call, repeats)

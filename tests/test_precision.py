@@ -10,7 +10,7 @@ from conftest import tiny_config
 from bayes_planet.matmul_conv import matmul_rows
 from bayes_planet.objectives import make_objective
 from bayes_planet.planners import CEM, world_model_scorer
-from bayes_planet.precision import with_matmul_dtype
+from bayes_planet.precision import cpu_has_bfloat16_matmuls, with_matmul_dtype
 from bayes_planet.world_model import WorldModel
 
 KEY = jax.random.PRNGKey(0)
@@ -92,3 +92,15 @@ def test_bfloat16_planning_on_a_real_world_model_keeps_the_scores_and_the_plan()
     precision_change = jnp.max(jnp.abs(plan(KEY, score["bfloat16"]) - plan(KEY, score["float32"])))
     key_change = jnp.max(jnp.abs(plan(jax.random.PRNGKey(7), score["float32"]) - plan(KEY, score["float32"])))
     assert float(precision_change) < 0.5 * float(key_change), (precision_change, key_change)
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 avx512_vnni\n", True),  # Zen 4
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\nbugs\t\t: sysret_ss_attrs\n", False),  # Zen 3
+    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),  # Arm Neoverse V1
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm\n", False),
+    ("processor\t: 0\nmodel name\t: unknown\n", None),
+])
+def test_cpu_bfloat16_flags_are_read_from_cpuinfo(cpuinfo, expected):
+    assert cpu_has_bfloat16_matmuls(cpuinfo) is expected
+
