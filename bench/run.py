@@ -162,10 +162,13 @@ def env_rows(repeats: int) -> list[tuple[str, str]]:
     medians = alternating_medians({"ours": lambda: env.step(action), "bare": bare_step,
                                    "small shadows": lambda: small_shadows.step(action)}, steps)
     ours, reference, small = medians["ours"], medians["bare"], medians["small shadows"]
+    sequences = np.random.default_rng(0).uniform(-1, 1, (16, 12, *env.action_space.shape))
+    simulated = median_seconds(lambda: env.unwrapped.simulate_returns(sequences), max(3, repeats)) / len(sequences)
     return [(f"env step (cheetah-run, repeat {repeat} + one 64x64 render)", f"{ours * 1e3:.2f} ms"),
             ("  bare dm_control: 4 physics steps + render", f"{reference * 1e3:.2f} ms ({ours / reference - 1:+.1%})"),
             (f"  with env.shadow_size={SMALL_SHADOW_MAP} (the suite's: 2048)",
-             f"{small * 1e3:.2f} ms ({small / ours:.2f}x)")]
+             f"{small * 1e3:.2f} ms ({small / ours:.2f}x)"),
+            ("true return of a 12-step action sequence (plan check)", f"{simulated * 1e3:.2f} ms")]
 
 
 def fill_replay(directory: str, episodes: int = REPLAY_EPISODES) -> Replay:
