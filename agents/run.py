@@ -37,7 +37,8 @@ def make_env(config: Config, seed: int | None = None):
     """The run's environment."""
     c = config.env
     return envs.make(c.task, action_repeat=c.action_repeat or None, camera_id=None if c.camera_id < 0 else c.camera_id,
-                     observation=config.model.observation, seed=seed, shadow_size=c.shadow_size or None)
+                     observation=config.model.observation, seed=seed, shadow_size=c.shadow_size or None,
+                     episode_steps=c.episode_steps or None)
 
 
 def make_model(config: Config, env) -> WorldModel:

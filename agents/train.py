@@ -81,14 +81,18 @@ class Diverged(RuntimeError):
 
 def check_feasible(config: Config, env, logdir: str) -> None:
     """Refuse, before anything is written, what the config allows but the run could never do: chunks longer
-    than an episode, a training batch larger than this machine's memory, a run directory whose files' paths
-    would be too long."""
+    than an episode, episodes that end inside an action repeat, a training batch larger than this machine's
+    memory, a run directory whose files' paths would be too long."""
     c = config.train
     frames = getattr(env.unwrapped, "max_episode_steps", None)
     if frames is not None and c.sequence_length > frames + 1:
         raise UsageError(f"config key 'train.sequence_length' ({c.sequence_length}) is longer than an episode of "
                          f"{config.env.task} with action repeat {env.unwrapped.action_repeat} ({frames + 1} frames): "
-                         "lower it or the action repeat")
+                         "lower it or the action repeat, or raise 'env.episode_steps'")
+    episode_steps, repeat = getattr(env.unwrapped, "episode_steps", None), getattr(env.unwrapped, "action_repeat", 1)
+    if config.env.episode_steps and episode_steps % repeat:  # env steps are counted as agent steps x repeat
+        raise UsageError(f"config key 'env.episode_steps' ({episode_steps}) must be a multiple of the action repeat "
+                         f"({repeat}) for {config.env.task}")
     batch_bytes = c.batch_size * c.sequence_length * int(np.prod(env.observation_space.shape)) * 4  # as float32
     memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if batch_bytes > memory_bytes:

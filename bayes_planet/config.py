@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bayes_planet.bayes import LAYER_KINDS, PRIOR_SCALINGS
+from bayes_planet.envs.dmc import EPISODE_ENV_STEPS
 from bayes_planet.errors import UsageError
 from bayes_planet.networks import CONV_ENGINES, REWARD_NOISE
 from bayes_planet.objectives import OBJECTIVES
@@ -33,12 +34,14 @@ PRESET_DIR = str(importlib.resources.files("bayes_planet.configs"))  # the repos
 class EnvConfig:
     """task: 'dmc:<domain>-<task>' or a gymnasium id. action_repeat: 0 means PlaNet's for the task.
     camera_id: -1 means the task's default camera (0 except quadruped). shadow_size: the side of the
-    rendered shadow map in pixels (DeepMind Control only), 0 for the task's own (2048 in the suite)."""
+    rendered shadow map in pixels (DeepMind Control only), 0 for the task's own (2048 in the suite).
+    episode_steps: env steps per episode (DeepMind Control only, at most 1000), 0 for the suite's 1000."""
 
     task: str = "dmc:cheetah-run"
     action_repeat: int = 0
     camera_id: int = -1
     shadow_size: int = 0
+    episode_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +141,7 @@ RANGES = {
     "env.action_repeat": (0, 1000),
     "env.camera_id": (-1, None),
     "env.shadow_size": (0, 16384),
+    "env.episode_steps": (0, EPISODE_ENV_STEPS),
     "model.conv_chunk": (0, None),
     "model.image_bits": (1, 8),
     "model.dropout_rate": (0.0, 0.99),
@@ -221,9 +225,11 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
 def from_dict(values: Mapping[str, Any]) -> Config:
     """A validated `Config` from a nested dict; missing keys take their defaults."""
     config = _build(Config, values)
-    if config.env.shadow_size and not config.env.task.startswith(("dmc:", "dmc/")):
-        _fail(f"config key 'env.shadow_size' ({config.env.shadow_size}) applies to DeepMind Control tasks "
-              f"('dmc:<domain>-<task>') only; set it to 0 for {config.env.task!r}")
+    for key in ("shadow_size", "episode_steps"):
+        value = getattr(config.env, key)
+        if value and not config.env.task.startswith(("dmc:", "dmc/")):
+            _fail(f"config key 'env.{key}' ({value}) applies to DeepMind Control tasks ('dmc:<domain>-<task>') "
+                  f"only; set it to 0 for {config.env.task!r}")
     if not config.model.reward_std > config.model.reward_min_std:
         _fail(f"config key 'model.reward_std' ({config.model.reward_std}) must be above 'model.reward_min_std' "
               f"({config.model.reward_min_std}), the lower bound of a trainable reward std")

@@ -63,18 +63,21 @@ def make(
     observation: str = "pixels",
     seed: int | None = None,
     shadow_size: int | None = None,
+    episode_steps: int | None = None,
 ) -> gym.Env:
     """Make an env with PlaNet's interface from 'dmc:<domain>-<task>' or a plain gymnasium id.
 
     DeepMind Control names use the per-task PlaNet action repeat unless `action_repeat` is given; a
     gymnasium env (e.g. 'Pendulum-v1') is rendered to pixels and uses action_repeat 1 by default.
     `shadow_size` (DeepMind Control only): the shadow map's side in pixels, None for the task's own (see
-    `DMCEnv`).
+    `DMCEnv`). `episode_steps` (DeepMind Control only): env steps per episode, None for the suite's 1000.
     """
+    dmc_only = {"shadow_size": shadow_size, "episode_steps": episode_steps}
+    episode = {} if episode_steps is None else {"episode_steps": episode_steps}
     if name.startswith(DMC_PREFIX):
         domain, task = parse_dmc_name(name)
         return DMCEnv(domain, task, action_repeat, image_size, camera_id, observation, seed,
-                      shadow_size=shadow_size)
+                      shadow_size=shadow_size, **episode)
     if name not in gym.registry:
         raise ValueError(
             f"unknown environment {name!r}: use 'dmc:<domain>-<task>' (e.g. 'dmc:cheetah-run') "
@@ -82,9 +85,10 @@ def make(
         )
     if name.startswith("dmc/"):
         return gym.make(name, action_repeat=action_repeat, image_size=image_size, camera_id=camera_id,
-                        observation=observation, seed=seed, shadow_size=shadow_size).unwrapped
-    if shadow_size is not None:
-        raise ValueError(f"shadow_size applies to DeepMind Control tasks only, not to {name!r}")
+                        observation=observation, seed=seed, shadow_size=shadow_size, **episode).unwrapped
+    for option, value in dmc_only.items():
+        if value is not None:
+            raise ValueError(f"{option} applies to DeepMind Control tasks only, not to {name!r}")
     env = gym.make(name, render_mode="rgb_array" if observation == "pixels" else None)
     wrapped = PlanetInterface(env, effective_action_repeat(name, action_repeat or 0), image_size, observation)
     if seed is not None:

@@ -61,7 +61,8 @@ class DMCEnv(gym.Env):
     Observations: uint8 pixels ``[image_size, image_size, 3]`` from `camera_id`, rendered once per agent
     step (never on the repeated steps), or the flattened float32 proprioceptive state. Actions lie in
     ``Box(-1, 1)`` and are rescaled to the task's true bounds; each is repeated `action_repeat` times and
-    the rewards summed. Episodes end by truncation after 1000 env steps.
+    the rewards summed. Episodes end by truncation after `episode_steps` env steps (the suite's 1000 by
+    default; fewer make shorter episodes, e.g. for quick tests).
 
     ``info`` at every step: ``velocity`` (generalized velocities, qvel), ``position`` (qpos),
     ``speed`` where the task defines one (e.g. cheetah's forward speed, m/s), ``env_steps``.
@@ -84,6 +85,7 @@ class DMCEnv(gym.Env):
         seed: int | None = None,
         render_mode: str | None = None,
         shadow_size: int | None = None,
+        episode_steps: int = EPISODE_ENV_STEPS,
     ):
         domain, task = resolve_task(domain, task)
         if observation not in OBSERVATION_KINDS:
@@ -95,10 +97,14 @@ class DMCEnv(gym.Env):
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if shadow_size is not None and (not isinstance(shadow_size, int) or shadow_size < 1):
             raise ValueError(f"shadow_size must be a positive integer (pixels), got {shadow_size!r}")
+        if not isinstance(episode_steps, int) or not 1 <= episode_steps <= EPISODE_ENV_STEPS:
+            raise ValueError(f"episode_steps must be an integer in [1, {EPISODE_ENV_STEPS}] (env steps), "
+                             f"got {episode_steps!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.domain, self.task_name = domain, task
         self.action_repeat = action_repeat
+        self.episode_steps = episode_steps
         self.image_size = image_size
         self.camera_id = (2 if domain == "quadruped" else 0) if camera_id is None else camera_id
         self.observation_kind = observation
@@ -141,8 +147,8 @@ class DMCEnv(gym.Env):
 
     @property
     def max_episode_steps(self) -> int:
-        """Agent steps per episode: 1000 env steps divided by the action repeat (rounded up)."""
-        return -(-EPISODE_ENV_STEPS // self.action_repeat)
+        """Agent steps per episode: `episode_steps` env steps divided by the action repeat (rounded up)."""
+        return -(-self.episode_steps // self.action_repeat)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -162,16 +168,16 @@ class DMCEnv(gym.Env):
             if time_step.last():
                 terminated = time_step.discount == 0.0
                 break
-            if self._env_steps >= EPISODE_ENV_STEPS:
+            if self._env_steps >= self.episode_steps:
                 break
-        truncated = not terminated and (time_step.last() or self._env_steps >= EPISODE_ENV_STEPS)
+        truncated = not terminated and (time_step.last() or self._env_steps >= self.episode_steps)
         return self._observation(time_step), float(reward), bool(terminated), bool(truncated), self._info()
 
     def simulate_returns(self, action_sequences) -> np.ndarray:
         """The true return of each action sequence ``[N, H, A]`` (in ``[-1, 1]``) from the current state, as
         `step` would sum it (each action repeated `action_repeat` times), for ``[N]`` returns. Each sequence
         runs on a copy of the physics, so the episode goes on as if this had not been called; nothing is
-        rendered, and the sequences may run past the episode's 1000 env steps."""
+        rendered, and the sequences may run past the episode's end."""
         action_sequences = np.asarray(action_sequences)
         if action_sequences.ndim != 3:
             raise ValueError(f"action sequences must be [N, H, A], got shape {action_sequences.shape}")

@@ -81,6 +81,14 @@ def test_episode_truncates_at_1000_env_steps():
     assert step == 125 == env.max_episode_steps and info["env_steps"] == 1000
 
 
+def test_shorter_episodes_truncate_at_their_env_steps_and_end_on_a_partial_repeat():
+    env = envs.make("dmc:cartpole-swingup", observation="state", seed=0, episode_steps=204)  # 25.5 repeats of 8
+    env.reset(seed=0)
+    steps = [env.step(env.action_space.sample()) for _ in range(env.max_episode_steps)]
+    assert env.max_episode_steps == 26 and [s[3] for s in steps] == [False] * 25 + [True]
+    assert steps[-1][4]["env_steps"] == 204 and not any(s[2] for s in steps)
+
+
 @pytest.mark.parametrize("task", ["dmc:walker-walk", "dmc:cartpole-swingup"])  # 10 and 1 physics steps per env step
 def test_simulated_returns_are_the_episodes_own_and_leave_it_unchanged(task):
     env, twin = envs.make(task, seed=3), envs.make(task, seed=3)
@@ -198,3 +206,7 @@ def test_bad_options_are_refused():
         envs.make("dmc:cheetah-run", shadow_size=0)
     with pytest.raises(ValueError, match="shadow_size applies to DeepMind Control tasks only"):
         envs.make("Pendulum-v1", shadow_size=512)
+    with pytest.raises(ValueError, match=r"episode_steps must be an integer in \[1, 1000\]"):
+        envs.make("dmc:cheetah-run", episode_steps=1001)
+    with pytest.raises(ValueError, match="episode_steps applies to DeepMind Control tasks only"):
+        envs.make("Pendulum-v1", episode_steps=100)
