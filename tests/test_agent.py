@@ -70,8 +70,8 @@ def test_training_run_writes_its_run_directory(tiny_run):
     episodes = sorted(os.listdir(os.path.join(logdir, "episodes")))
     assert len(episodes) == 3 and all(e.endswith(".npz") for e in episodes)  # 2 random + 1 collected
     with np.load(os.path.join(logdir, "episodes", episodes[-1])) as data:
-        assert data["observation"].shape == (126, 64, 64, 3) and data["observation"].dtype == np.uint8
-        assert data["velocity"].shape[0] == 126
+        assert data["observation"].shape == (51, 64, 64, 3) and data["observation"].dtype == np.uint8  # 50 steps
+        assert data["velocity"].shape[0] == 51
     assert len(_records(logdir, "random")) == 2 and len(_records(logdir, "episode")) == 1
     (train,) = _records(logdir, "train")
     assert train["updates"] == 3 and np.isfinite(train["loss"])
@@ -152,7 +152,7 @@ def test_report_commands_on_a_trained_run(tiny_run, capsys):
     assert main(["plancheck", *common, "--states", "3", "--candidates", "9", "--set", "planner.weight_samples=3"]) == 0
     with open(os.path.join(logdir, "plancheck", "plan_check.json")) as handle:
         (report,) = json.load(handle).values()
-    assert [row["step"] for row in report["states"]] == [0, 60, 121]  # spread over the 125 steps, 4-step horizon
+    assert [row["step"] for row in report["states"]] == [0, 23, 46]  # spread over the 50 steps, 4-step horizon
     assert report["weight_samples"] == report["planner"]["weight_samples"] == 3  # the run was trained with 2
     assert report["candidates"] == 9 and report["episode_return"] > 0
     for row in report["states"]:  # returns of 4 agent steps of cartpole: at most 8 x 4 env steps' rewards of 1
@@ -186,7 +186,7 @@ def test_load_run_acts_in_a_real_env_and_writes_nothing(tiny_run, capsys):
         run = load_run(logdir)
         assert run.updates == 3 and run.config.planner.matmul_dtype == "bfloat16"
         episode = run_episode(run.make_env(seed=5), run.policy(), seed=5)
-        assert len(episode.actions) == 125 and np.all(np.abs(np.asarray(episode.actions)) <= 1)
+        assert len(episode.actions) == 50 and np.all(np.abs(np.asarray(episode.actions)) <= 1)
         assert len(run.held_out(4)) == 1 and len(run.episodes(2)) == 2
     finally:
         if immutable:

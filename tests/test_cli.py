@@ -122,12 +122,11 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
     """A real grid of tiny cartpole runs (random seed episodes only, so each is seconds): two variants x two
     seeds, one variant failing in every run; a rerun skips what finished and retries what failed."""
     from bayes_planet.agents.cli import main
-    from conftest import TINY_RUN
 
     from bayes_planet.checkpoint import load_checkpoint
 
     out = str(tmp_path / "sweep")
-    common = [a for item in TINY_RUN + ["train.env_steps=2000", "train.eval_episodes=0"] for a in ("--set", item)]
+    common = _tiny_sweep_options()
     args = ["sweep", "--out", out, "--tasks", "dmc:cartpole-swingup", "--seeds", "0", "1", "--workers", "2",
             "--variant", "mean:planner.objective=mean", "--variant", "broken:train.sequence_length=500",
             "--no-progress", *common]
@@ -165,11 +164,16 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
     assert main(["sweep", "--out", out, "--tasks", "dmc:cartpole-swingup", "--variant", "bad:planner.horizon=0"]) == 2
 
 
-def _sweep_args(out, *extra):
-    from conftest import TINY_RUN
+def _tiny_sweep_options():
+    """--set options for tiny runs of the 2 random seed episodes only."""
+    from conftest import EPISODE_ENV_STEPS, TINY_RUN
 
-    common = [a for item in TINY_RUN + ["train.env_steps=2000", "train.eval_episodes=0"] for a in ("--set", item)]
-    return ["sweep", "--out", out, "--seeds", "0", "1", "--no-progress", *common, *extra]
+    items = TINY_RUN + [f"train.env_steps={2 * EPISODE_ENV_STEPS}", "train.eval_episodes=0"]
+    return [a for item in items for a in ("--set", item)]
+
+
+def _sweep_args(out, *extra):
+    return ["sweep", "--out", out, "--seeds", "0", "1", "--no-progress", *_tiny_sweep_options(), *extra]
 
 
 @pytest.mark.slow
