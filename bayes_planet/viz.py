@@ -130,46 +130,41 @@ def plot_open_loop_strip(images: dict, context: int, path: str, sequence: int = 
                          title: str = "") -> None:
     """PNG of one sequence: a row per kind (truth, prediction, |error|, and with weight samples their mean
     and per-pixel std), every context frame and every `stride`-th imagined one, step numbers on top, frame
-    borders green (context) or red (imagined) with a legend, and a colour bar for the std map."""
+    borders green (context) or red (imagined) with a legend, and a colour bar for the std map. The tiles
+    are `open_loop_grid`'s, drawn as one image (one axis: a fraction of the time of an axis per tile)."""
     import matplotlib
     import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from matplotlib.patches import Patch
 
     length = images["truth"].shape[1]
     steps = sorted(set(range(context)) | set(range(context, length, stride)))
     rows = [name for name in OPEN_LOOP_ROWS if name in images]
-    figure, axes = plt.subplots(len(rows), len(steps), figsize=(0.75 * len(steps) + 1.6, 0.8 * len(rows) + 0.7),
-                                dpi=100, squeeze=False)
-    std_scale = float(np.max(images["sample_std"][sequence])) if "sample_std" in images else None
-    for row, name in enumerate(rows):
-        for column, step in enumerate(steps):
-            axis = axes[row][column]
-            frame = images[name][sequence, step]
-            if name == "sample_std":
-                shown = axis.imshow(frame, cmap="viridis", vmin=0.0, vmax=max(std_scale, 1e-8))
-            else:
-                axis.imshow(frame)
-            axis.set_xticks([])
-            axis.set_yticks([])
-            for spine in axis.spines.values():
-                spine.set_color(np.asarray(CONTEXT_COLOR if step < context else IMAGINED_COLOR) / 255)
-                spine.set_linewidth(2)
-            if row == 0:
-                axis.set_title(f"t={step + 1}", fontsize=7)
-            if column == 0:
-                axis.set_ylabel(ROW_LABELS[name], fontsize=7)
-    if std_scale is not None:
-        bar = figure.colorbar(shown, ax=axes[-1].tolist(), fraction=0.02, pad=0.01)
+    one = {name: images[name][sequence:sequence + 1] for name in rows}
+    tiles = open_loop_grid(one, context)[steps]  # [S, rows * tile, tile, 3]
+    tile = tiles.shape[2]
+    figure, axis = plt.subplots(figsize=(0.75 * len(steps) + 1.6, 0.8 * len(rows) + 0.7), dpi=100)
+    axis.imshow(np.concatenate(list(tiles), axis=1), interpolation="nearest")
+    axis.set_xticks(tile * np.arange(len(steps)) + tile / 2, [f"t={step + 1}" for step in steps], fontsize=7)
+    axis.set_yticks(tile * np.arange(len(rows)) + tile / 2, [ROW_LABELS[name] for name in rows], fontsize=7)
+    axis.xaxis.tick_top()
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+    if "sample_std" in one:
+        scale = max(float(np.max(one["sample_std"])), 1e-8)
+        bar = figure.colorbar(ScalarMappable(Normalize(0.0, scale), "viridis"), ax=axis, fraction=0.02, pad=0.01)
         bar.set_label("std over\nweight samples", fontsize=6)
         bar.ax.tick_params(labelsize=6)
     borders = [Patch(edgecolor=np.asarray(color) / 255, facecolor="none", label=label)
                for color, label in ((CONTEXT_COLOR, "context: filtered"), (IMAGINED_COLOR, "imagined"))]
     figure.legend(handles=borders, loc="upper right", fontsize=7, ncol=2, frameon=False)
     figure.suptitle(title or "open-loop prediction", fontsize=8, x=0.02, ha="left")
-    save_figure(figure, path, tight=False)  # tight_layout cannot place a colour bar shared by a row
+    save_figure(figure, path, tight=False)  # tight_layout cannot place a colour bar beside an image
 
 
 def plot_reward_predictions(result, path: str, title: str = "") -> None:
