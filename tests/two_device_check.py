@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 from bayes_planet.agents.agent import PlanetAgent
 from bayes_planet.agents.rollout import random_policy, run_episode
+from bayes_planet.agents.run import example_batch, make_env, make_model
 from bayes_planet.agents.train import Trainer
 
-from bayes_planet import envs, parallel
-from bayes_planet.config import load_config
-from bayes_planet.planners import CEM
-from bayes_planet.world_model import ModelConfig, WorldModel, make_optimizer, make_train_step
+from bayes_planet import parallel
+from bayes_planet.config import apply_overrides, load_config
+from bayes_planet.world_model import make_optimizer, make_train_step
 
 
 def max_relative_difference(a, b) -> float:
@@ -24,39 +24,49 @@ def max_relative_difference(a, b) -> float:
 
 
 def main(logdir: str, tiny_run: list[str]) -> None:
-    env = envs.make("dmc:cartpole-swingup", seed=0)
+    # The checks below use the run's own config, env, model, optimizer and batch shape, so that the run at the
+    # end loads their sharded train step and planner from the compilation cache instead of compiling its own.
+    config = load_config("default", tiny_run + ["parallel.data=true", "parallel.candidates=true",
+                                                "planner.objective=optimistic", "train.batch_size=4",
+                                                "train.eval_episodes=0", "train.train_steps=1"])
+    env = make_env(config, seed=0)
     episodes = [run_episode(env, random_policy(env.action_space, seed), seed=seed).arrays() for seed in (0, 1)]
-    batch = {k: np.concatenate([np.stack([e[k][s:s + 10] for e in episodes]) for s in (0, 40)])
-             for k in ("observation", "action", "reward")}  # 4 sequences of 10 real frames
-    model = WorldModel(ModelConfig(cnn_depth=4, deter_size=16, stoch_size=4, hidden_size=16, reward_hidden=16,
-                                   reward_layers=1, conv_chunk=0), action_dim=1)
-    params = model.init(jax.random.PRNGKey(0), batch)
-    optimizer = make_optimizer()
+    length = config.train.sequence_length
+    batch = {k: np.concatenate([np.stack([e[k][s:s + length] for e in episodes]) for s in (0, 30)])
+             for k in ("observation", "action", "reward")}  # 4 sequences of real frames, as the run samples
+    model = make_model(config, env)
+    params = model.init(jax.random.PRNGKey(0), example_batch(env))
+    c = config.train
+    optimizer = make_optimizer(c.learning_rate, c.adam_eps, c.grad_clip, c.warmup_steps)
     opt_state = optimizer.init(params)
     mesh = parallel.device_mesh()
     key, data_steps = jax.random.PRNGKey(1), np.float32(1000)
+    fresh = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731 (the donating steps delete their inputs)
 
-    single = make_train_step(model, optimizer)(params, opt_state, key, batch, data_steps)
-    sharded_step = make_train_step(model, optimizer, mesh)
+    single = make_train_step(model, optimizer, donate=True)(fresh(params), fresh(opt_state), key, batch, data_steps)
+    sharded_step = make_train_step(model, optimizer, mesh, donate=True)
     sharded_batch = parallel.shard_batch(batch, mesh)
-    sharded = sharded_step(params, opt_state, key, sharded_batch, data_steps)
+    sharded = sharded_step(fresh(params), fresh(opt_state), key, sharded_batch, data_steps)
     grad = jax.jit(jax.grad(lambda p, b: model.loss(p, key, b, data_steps)[0]))
     grad_sharded = jax.jit(jax.grad(lambda p, b: model.loss(p, key, b, data_steps)[0]),
                            in_shardings=(parallel.replicated(mesh), parallel.split_leading(mesh)))
     hlo = sharded_step.lower(params, opt_state, key, sharded_batch, data_steps).compile().as_text()
 
-    planner = CEM(horizon=5, iterations=3, candidates=32, top_k=4)
-    frame = episodes[0]["observation"][3]
+    frames = episodes[0]["observation"][3:5]
+    replicated = jax.device_put(params, parallel.replicated(mesh))  # as the run's, after its sharded update
     actions = {}
     for dtype in ("float32", "bfloat16"):
-        agents = [PlanetAgent(model, planner, "optimistic", weight_samples=2, mesh=m, matmul_dtype=dtype)
-                  for m in (None, mesh)]
-        actions[dtype] = [np.asarray(agent.step(params, jax.random.PRNGKey(7), agent.reset(jax.random.PRNGKey(3)),
-                                                frame)[0]).tolist() for agent in agents]
+        actions[dtype] = []
+        for on, agent_params in (("false", params), ("true", replicated)):
+            agent = PlanetAgent.from_config(model, apply_overrides(config, [f"planner.matmul_dtype={dtype}",
+                                                                             f"parallel.candidates={on}"]))
+            state, chosen = agent.reset(jax.random.PRNGKey(3)), []
+            # float32 takes the run's two programs: the first step's, and the one planning from a sharded state
+            for index, frame in enumerate(frames if dtype == "float32" else frames[:1]):
+                action, state = agent.step(agent_params, jax.random.PRNGKey(7 + index), state, frame)
+                chosen.append(np.asarray(action).tolist())
+            actions[dtype].append(chosen)
 
-    config = load_config("default", tiny_run + ["parallel.data=true", "parallel.candidates=true",
-                                                "train.batch_size=4", "train.eval_episodes=0",
-                                                "train.train_steps=1"])
     trainer = Trainer(logdir, config, progress=False)
     trainer.run()
 
