@@ -367,10 +367,12 @@ def test_a_non_finite_model_never_overwrites_a_finite_checkpoint(tmp_path):
 # ------------------------------------------------------------------------------------------ full disk
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real filesystem of 3 MiB (tmpfs), to fill; skipped where this process may not mount one."""
+    """A real filesystem of 2.5 MiB (tmpfs), to fill; skipped where this process may not mount one. A tiny
+    run's checkpoint takes about 0.95 MB, so the disk is full when a third one is written beside the current
+    and the previous one."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2560k", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
     yield mount
