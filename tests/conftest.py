@@ -79,3 +79,17 @@ def trained_on_cartpole(cartpole_episodes, tmp_path_factory):
         params, opt_state, metrics = step(params, opt_state, jax.random.PRNGKey(i), batch, replay.num_steps)
         history.append({k: float(v) for k, v in metrics.items()})
     return model, params, history
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's ``--dist loadgroup`` (the README's test command): the tests that use the trained
+    cartpole model run on one worker, and so do a module's tests that share a module-scoped fixture, so each
+    such fixture is built once; every other test goes to whichever worker is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        scopes = {name: definitions[-1].scope for name, definitions in (info.name2fixturedefs.items() if info else ())}
+        if "trained_on_cartpole" in scopes:
+            item.add_marker(pytest.mark.xdist_group("trained_on_cartpole"))
+        elif "module" in scopes.values():
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
