@@ -72,12 +72,10 @@ def make(
     `shadow_size` (DeepMind Control only): the shadow map's side in pixels, None for the task's own (see
     `DMCEnv`). `episode_steps` (DeepMind Control only): env steps per episode, None for the suite's 1000.
     """
-    dmc_only = {"shadow_size": shadow_size, "episode_steps": episode_steps}
-    episode = {} if episode_steps is None else {"episode_steps": episode_steps}
     if name.startswith(DMC_PREFIX):
         domain, task = parse_dmc_name(name)
         return DMCEnv(domain, task, action_repeat, image_size, camera_id, observation, seed,
-                      shadow_size=shadow_size, **episode)
+                      shadow_size=shadow_size, episode_steps=episode_steps)
     if name not in gym.registry:
         raise ValueError(
             f"unknown environment {name!r}: use 'dmc:<domain>-<task>' (e.g. 'dmc:cheetah-run') "
@@ -85,8 +83,9 @@ def make(
         )
     if name.startswith("dmc/"):
         return gym.make(name, action_repeat=action_repeat, image_size=image_size, camera_id=camera_id,
-                        observation=observation, seed=seed, shadow_size=shadow_size, **episode).unwrapped
-    for option, value in dmc_only.items():
+                        observation=observation, seed=seed, shadow_size=shadow_size,
+                        episode_steps=episode_steps).unwrapped
+    for option, value in {"shadow_size": shadow_size, "episode_steps": episode_steps}.items():
         if value is not None:
             raise ValueError(f"{option} applies to DeepMind Control tasks only, not to {name!r}")
     env = gym.make(name, render_mode="rgb_array" if observation == "pixels" else None)

@@ -61,8 +61,8 @@ class DMCEnv(gym.Env):
     Observations: uint8 pixels ``[image_size, image_size, 3]`` from `camera_id`, rendered once per agent
     step (never on the repeated steps), or the flattened float32 proprioceptive state. Actions lie in
     ``Box(-1, 1)`` and are rescaled to the task's true bounds; each is repeated `action_repeat` times and
-    the rewards summed. Episodes end by truncation after `episode_steps` env steps (the suite's 1000 by
-    default; fewer make shorter episodes, e.g. for quick tests).
+    the rewards summed. Episodes end by truncation after `episode_steps` env steps (None: the suite's
+    1000; fewer make shorter episodes, e.g. for quick tests).
 
     ``info`` at every step: ``velocity`` (generalized velocities, qvel), ``position`` (qpos),
     ``speed`` where the task defines one (e.g. cheetah's forward speed, m/s), ``env_steps``.
@@ -85,7 +85,7 @@ class DMCEnv(gym.Env):
         seed: int | None = None,
         render_mode: str | None = None,
         shadow_size: int | None = None,
-        episode_steps: int = EPISODE_ENV_STEPS,
+        episode_steps: int | None = None,
     ):
         domain, task = resolve_task(domain, task)
         if observation not in OBSERVATION_KINDS:
@@ -97,6 +97,7 @@ class DMCEnv(gym.Env):
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         if shadow_size is not None and (not isinstance(shadow_size, int) or shadow_size < 1):
             raise ValueError(f"shadow_size must be a positive integer (pixels), got {shadow_size!r}")
+        episode_steps = EPISODE_ENV_STEPS if episode_steps is None else episode_steps
         if not isinstance(episode_steps, int) or not 1 <= episode_steps <= EPISODE_ENV_STEPS:
             raise ValueError(f"episode_steps must be an integer in [1, {EPISODE_ENV_STEPS}] (env steps), "
                              f"got {episode_steps!r}")

@@ -36,6 +36,11 @@ TINY_RUN = [
 ]
 
 
+def tiny_run_cli_options(*items: str) -> list[str]:
+    """``--set`` arguments for the CLI: `TINY_RUN` followed by `items`."""
+    return [arg for item in TINY_RUN + list(items) for arg in ("--set", item)]
+
+
 def tiny_config(**overrides) -> ModelConfig:
     return ModelConfig(**{**TINY, **overrides})
 

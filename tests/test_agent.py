@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
 from bayes_planet.agents.train import TIME_PHASES, Trainer
-from conftest import EPISODE_ENV_STEPS, TINY_RUN
+from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_run_cli_options
 
 from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.config import load_config
@@ -95,7 +95,7 @@ def _cli(logdir, *extra):
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path):
     logdir = str(tmp_path / "run")
-    overrides = [arg for item in TINY_RUN + [f"train.env_steps={4 * EPISODE_ENV_STEPS}"] for arg in ("--set", item)]
+    overrides = tiny_run_cli_options(f"train.env_steps={4 * EPISODE_ENV_STEPS}")
     process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(logdir, "checkpoint.npz")
     deadline, updates_at_kill = time.time() + 300, None

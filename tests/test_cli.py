@@ -166,10 +166,9 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
 
 def _tiny_sweep_options():
     """--set options for tiny runs of the 2 random seed episodes only."""
-    from conftest import EPISODE_ENV_STEPS, TINY_RUN
+    from conftest import EPISODE_ENV_STEPS, tiny_run_cli_options
 
-    items = TINY_RUN + [f"train.env_steps={2 * EPISODE_ENV_STEPS}", "train.eval_episodes=0"]
-    return [a for item in items for a in ("--set", item)]
+    return tiny_run_cli_options(f"train.env_steps={2 * EPISODE_ENV_STEPS}", "train.eval_episodes=0")
 
 
 def _sweep_args(out, *extra):

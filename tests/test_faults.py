@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
 from bayes_planet.agents.train import Trainer
-from conftest import EPISODE_ENV_STEPS, TINY_RUN
+from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_run_cli_options
 
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bayes_planet.config import load_config
@@ -30,10 +30,6 @@ from bayes_planet.replay import Replay
 
 def _cli(logdir, *extra):
     return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
-
-
-def _overrides(*items):
-    return [arg for item in TINY_RUN + list(items) for arg in ("--set", item)]
 
 
 def _records(logdir, kind):
@@ -151,7 +147,7 @@ def test_a_kill_after_collecting_an_episode_loses_no_updates_and_the_evaluation_
 
 def test_a_finished_run_is_extended_and_only_safe_options_change_on_resume(tmp_path, capsys):
     logdir = str(tmp_path / "run")
-    tiny = _overrides(f"train.env_steps={3 * EPISODE_ENV_STEPS}")
+    tiny = tiny_run_cli_options(f"train.env_steps={3 * EPISODE_ENV_STEPS}")
     assert main(["train", "--logdir", logdir, "--no-progress", *tiny]) == 0
     out = capsys.readouterr().out
     assert f"episode 3  env steps {3 * EPISODE_ENV_STEPS}" in out, "--no-progress still prints a line per episode"
@@ -223,7 +219,7 @@ def test_a_damaged_held_out_episode_is_set_aside_by_the_reports(tmp_path):
 # ------------------------------------------------------------------------------------- two trainers
 def test_a_second_trainer_on_a_live_run_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, capsys):
     logdir = str(tmp_path / "run")
-    assert main(["train", "--logdir", logdir, "--no-progress", *_overrides(
+    assert main(["train", "--logdir", logdir, "--no-progress", *tiny_run_cli_options(
         f"train.env_steps={2 * EPISODE_ENV_STEPS}", "train.eval_episodes=0")]) == 0
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from bayes_planet.files import RunLock\n"
                                f"with RunLock({logdir!r}):\n    print('locked', flush=True); time.sleep(60)"],
@@ -382,7 +378,7 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_keeps_the_checkpoint_and_resumes_once_freed(small_disk):
     logdir = str(small_disk / "run")
-    overrides = _overrides(f"train.env_steps={6 * EPISODE_ENV_STEPS}", "train.eval_episodes=0")
+    overrides = tiny_run_cli_options(f"train.env_steps={6 * EPISODE_ENV_STEPS}", "train.eval_episodes=0")
     full = subprocess.run(_cli(logdir, *overrides), capture_output=True, text=True, timeout=600)
     assert full.returncode == 1, full.stderr[-2000:]
     assert "no space left on the device to write" in full.stderr and "Traceback" not in full.stderr
@@ -448,7 +444,7 @@ def test_a_second_signal_whose_exception_the_code_it_lands_in_turns_into_another
 @pytest.mark.slow
 def test_sigint_during_seed_episodes_says_no_checkpoint_and_a_second_signal_stops_at_once(tmp_path):
     logdir = str(tmp_path / "run")
-    overrides = _overrides(f"train.env_steps={6 * EPISODE_ENV_STEPS}", "train.seed_episodes=5")
+    overrides = tiny_run_cli_options(f"train.env_steps={6 * EPISODE_ENV_STEPS}", "train.seed_episodes=5")
     process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     episodes = os.path.join(logdir, "episodes")
     deadline = time.time() + 120

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
 from bayes_planet.agents.train import Trainer
-from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_config
+from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_config, tiny_run_cli_options
 
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bayes_planet.config import load_config
@@ -24,10 +24,6 @@ from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
 
 def _cli(logdir, *extra):
     return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
-
-
-def _overrides(*items):
-    return [arg for item in TINY_RUN + list(items) for arg in ("--set", item)]
 
 
 def _episode(length, seed=0):
@@ -59,7 +55,7 @@ def test_sigkill_at_random_moments_then_rerun_continues_the_run(tmp_path):
     training, collection, evaluation, report or checkpoint writing); after each kill every file that loads
     is whole and at most the episode in progress is lost; then the same command finishes the run."""
     logdir = str(tmp_path / "run")
-    overrides = _overrides(f"train.env_steps={6 * EPISODE_ENV_STEPS}")  # 2 random + 4 collected episodes
+    overrides = tiny_run_cli_options(f"train.env_steps={6 * EPISODE_ENV_STEPS}")  # 2 random + 4 collected episodes
     rng = np.random.default_rng(0)
     report = []
     for _ in range(3):
@@ -96,7 +92,7 @@ def test_sigkill_at_random_moments_then_rerun_continues_the_run(tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_stop_cleanly_with_a_checkpoint(tmp_path, signum):
     logdir = str(tmp_path / "run")
-    overrides = _overrides(f"train.env_steps={6 * EPISODE_ENV_STEPS}")
+    overrides = tiny_run_cli_options(f"train.env_steps={6 * EPISODE_ENV_STEPS}")
     process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None and _checkpoint_updates(logdir) is None:
