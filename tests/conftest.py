@@ -1,6 +1,7 @@
 """Shared fixtures: real random episodes from dm_control, and tiny world-model sizes."""
 
 import os
+import sys
 import tempfile
 
 # Compiled XLA programs persist across the test session and its subprocesses (the kill-and-resume tests start
@@ -34,6 +35,11 @@ TINY_RUN = [
     "train.seed_episodes=2", "train.train_steps=3", "train.batch_size=2", "train.sequence_length=8",
     "train.eval_every=1", "train.eval_episodes=1",
 ]
+
+
+def train_command(logdir: str, *extra: str) -> list[str]:
+    """The argv of a ``bayes-planet train`` subprocess on `logdir` without progress bars, then `extra`."""
+    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
 
 
 def tiny_run_cli_options(*items: str) -> list[str]:

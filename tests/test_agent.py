@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import imageio.v3 as iio
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
 from bayes_planet.agents.train import TIME_PHASES, Trainer
-from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_run_cli_options
+from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_run_cli_options, train_command
 
 from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.config import load_config
@@ -88,15 +87,11 @@ def test_training_run_writes_its_run_directory(tiny_run):
     assert saved["updates"] == 3 and saved["finished"] and saved["evaluated_at"] == 3
 
 
-def _cli(logdir, *extra):
-    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path):
     logdir = str(tmp_path / "run")
     overrides = tiny_run_cli_options(f"train.env_steps={4 * EPISODE_ENV_STEPS}")
-    process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(train_command(logdir, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(logdir, "checkpoint.npz")
     deadline, updates_at_kill = time.time() + 300, None
     # kill -9 as soon as the first collected episode is checkpointed (the run wants two)
@@ -108,7 +103,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path)
     process.wait()
     assert updates_at_kill == 3, "killed after the first collected episode's checkpoint"
     # the same command again: resumes, does not redo the random episodes or the first round of updates
-    finished = subprocess.run(_cli(logdir, *overrides), capture_output=True, text=True, timeout=600)
+    finished = subprocess.run(train_command(logdir, *overrides), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(_records(logdir, "random")) == 2
     assert [r["updates"] for r in _records(logdir, "train")][-1] == 6
@@ -117,7 +112,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_counters(tmp_path)
     assert (f"evaluation return {last['return']:.1f} (mean of {len(last['returns'])} episodes without exploration "
             f"noise: {' '.join(f'{r:.1f}' for r in last['returns'])}); random policy return") in finished.stdout
     # a different config on the same run directory is refused, naming the option
-    refused = subprocess.run(_cli(logdir, "--set", "model.deter_size=32"), capture_output=True, text=True)
+    refused = subprocess.run(train_command(logdir, "--set", "model.deter_size=32"), capture_output=True, text=True)
     assert refused.returncode == 2 and "model.deter_size: 16 -> 32 cannot change" in refused.stderr
 
 

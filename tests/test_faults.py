@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
 from bayes_planet.agents.train import Trainer
-from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_run_cli_options
+from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_run_cli_options, train_command
 
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bayes_planet.config import load_config
@@ -26,10 +26,6 @@ from bayes_planet.errors import UsageError
 from bayes_planet.files import RunLock, atomic_write
 from bayes_planet.logger import Logger, read_metrics
 from bayes_planet.replay import Replay
-
-
-def _cli(logdir, *extra):
-    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
 
 
 def _records(logdir, kind):
@@ -379,7 +375,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_stops_with_one_line_keeps_the_checkpoint_and_resumes_once_freed(small_disk):
     logdir = str(small_disk / "run")
     overrides = tiny_run_cli_options(f"train.env_steps={6 * EPISODE_ENV_STEPS}", "train.eval_episodes=0")
-    full = subprocess.run(_cli(logdir, *overrides), capture_output=True, text=True, timeout=600)
+    full = subprocess.run(train_command(logdir, *overrides), capture_output=True, text=True, timeout=600)
     assert full.returncode == 1, full.stderr[-2000:]
     assert "no space left on the device to write" in full.stderr and "Traceback" not in full.stderr
     last = full.stderr.strip().splitlines()[-1]
@@ -388,7 +384,7 @@ def test_a_full_disk_stops_with_one_line_keeps_the_checkpoint_and_resumes_once_f
     saved = load_checkpoint(os.path.join(logdir, "checkpoint.npz"))
     assert saved is not None and saved["episodes"] <= len(Replay(os.path.join(logdir, "episodes")))
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    resumed = subprocess.run(_cli(logdir, *overrides), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(train_command(logdir, *overrides), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert len(Replay(os.path.join(logdir, "episodes"))) == 6
 
@@ -445,7 +441,8 @@ def test_a_second_signal_whose_exception_the_code_it_lands_in_turns_into_another
 def test_sigint_during_seed_episodes_says_no_checkpoint_and_a_second_signal_stops_at_once(tmp_path):
     logdir = str(tmp_path / "run")
     overrides = tiny_run_cli_options(f"train.env_steps={6 * EPISODE_ENV_STEPS}", "train.seed_episodes=5")
-    process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(train_command(logdir, *overrides),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     episodes = os.path.join(logdir, "episodes")
     deadline = time.time() + 120
     while time.time() < deadline and not (os.path.isdir(episodes) and os.listdir(episodes)):
@@ -456,7 +453,8 @@ def test_sigint_during_seed_episodes_says_no_checkpoint_and_a_second_signal_stop
     assert "no checkpoint yet" in stderr and "checkpoint saved" not in stderr
     assert not os.path.exists(os.path.join(logdir, "checkpoint.npz"))
     # later, in training: two signals in a row stop at once, the first checkpoint left as it was
-    process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(train_command(logdir, *overrides),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     checkpoint = os.path.join(logdir, "checkpoint.npz")
     deadline = time.time() + 300
     while time.time() < deadline and not os.path.exists(checkpoint):

@@ -5,7 +5,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -13,17 +12,13 @@ import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
 from bayes_planet.agents.train import Trainer
-from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_config, tiny_run_cli_options
+from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_config, tiny_run_cli_options, train_command
 
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from bayes_planet.config import load_config
 from bayes_planet.files import is_partial
 from bayes_planet.replay import Replay
 from bayes_planet.world_model import WorldModel, make_optimizer, make_train_step
-
-
-def _cli(logdir, *extra):
-    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
 
 
 def _episode(length, seed=0):
@@ -60,7 +55,8 @@ def test_sigkill_at_random_moments_then_rerun_continues_the_run(tmp_path):
     report = []
     for _ in range(3):
         before, seen = len(_episode_files(logdir)), _checkpoint_mtime(logdir)
-        process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(train_command(logdir, *overrides),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while time.time() < deadline and process.poll() is None and _checkpoint_mtime(logdir) in (None, seen):
             time.sleep(0.05)
@@ -79,7 +75,7 @@ def test_sigkill_at_random_moments_then_rerun_continues_the_run(tmp_path):
         report.append({"after checkpoint s": round(delay, 2), "episodes before": before,
                        "episodes after": len(replay), "checkpoint updates": int(updates),
                        "checkpoint episodes": int(episodes)})
-    finished = subprocess.run(_cli(logdir, *overrides), capture_output=True, text=True, timeout=600)
+    finished = subprocess.run(train_command(logdir, *overrides), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(_episode_files(logdir)) == 6 and "evaluation return" in finished.stdout
     with open(os.path.join(logdir, "metrics.jsonl")) as handle:
@@ -93,7 +89,8 @@ def test_sigkill_at_random_moments_then_rerun_continues_the_run(tmp_path):
 def test_sigint_and_sigterm_stop_cleanly_with_a_checkpoint(tmp_path, signum):
     logdir = str(tmp_path / "run")
     overrides = tiny_run_cli_options(f"train.env_steps={6 * EPISODE_ENV_STEPS}")
-    process = subprocess.Popen(_cli(logdir, *overrides), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(train_command(logdir, *overrides),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None and _checkpoint_updates(logdir) is None:
         time.sleep(0.2)
