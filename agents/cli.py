@@ -45,6 +45,7 @@ def _random(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from bayes_planet.agents.sweep import PARENT_PID_ENV
     from bayes_planet.agents.train import Diverged, Interrupted, train
 
     from bayes_planet.config import load_config
@@ -55,7 +56,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         config, overrides = load_config(args.config or "default", args.set), ()
     try:
-        result = train(args.logdir, config, progress=not args.no_progress, overrides=overrides)
+        parent = os.environ.get(PARENT_PID_ENV)  # set by a sweep for the trainers it starts
+        result = train(args.logdir, config, progress=not args.no_progress, overrides=overrides,
+                       parent_pid=int(parent) if parent else None)
     except Interrupted as stop:
         if stop.saved:
             kept = "checkpoint saved"
@@ -200,7 +203,7 @@ def _plancheck(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from bayes_planet.agents.sweep import grid, parse_variant, ray_submitter, run_grid
+    from bayes_planet.agents.sweep import SweepStopped, grid, parse_variant, ray_submitter, run_grid
 
     from bayes_planet.config import load_config, read_yaml
 
@@ -220,10 +223,17 @@ def _sweep(args: argparse.Namespace) -> int:
     submit = ray_submitter(args.ray) if args.ray else None
     print(f"sweep: {len(runs)} runs ({len(args.tasks)} tasks x {len(variants)} variants x {len(args.seeds)} seeds) "
           f"in {args.out}")
-    outcome = run_grid(runs, args.workers, submit, progress=not args.no_progress)
+    try:
+        outcome, stopped_by = run_grid(runs, args.workers, submit, progress=not args.no_progress), None
+    except SweepStopped as stop:
+        outcome, stopped_by = stop.outcome, stop
     print(f"sweep: {len(outcome['skipped'])} finished before, {len(outcome['finished'])} finished now, "
-          f"{len(outcome['failed'])} failed" + "".join(f"\n  failed: {run.name} (log: {run.log})"
-                                                     for run in outcome["failed"]))
+          f"{len(outcome['failed'])} failed" + (f", {len(outcome['stopped'])} stopped" if stopped_by else "")
+          + "".join(f"\n  failed: {run.name} (log: {run.log})" for run in outcome["failed"]))
+    if stopped_by:
+        print(f"sweep: {stopped_by}; the running trainers checkpointed and stopped, the queued runs did not "
+              "start; rerun the same command to resume")
+        return 128 + stopped_by.signum
     if outcome["failed"]:
         print("rerun the same command to retry the failed runs (finished ones are skipped)")
     return 1 if outcome["failed"] else 0

@@ -5,14 +5,22 @@ run directory), so every other command works on each run, a failed run never sto
 rerunning the same sweep resumes the unfinished runs and skips the finished ones. `workers` runs go at once
 on this machine; with Ray (``pip install 'bayes-planet[ray]'``) the runs spread over a cluster's machines
 instead, writing to the same (shared) folder.
+
+SIGINT or SIGTERM to a local sweep is passed on to its running trainers, which checkpoint and stop; queued
+runs do not start, and rerunning the same command resumes them all (a second signal stops the trainers at
+once, keeping their last checkpoints). A trainer whose sweep dies (even by SIGKILL) checkpoints and stops at
+its next step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -22,6 +30,7 @@ from bayes_planet.errors import UsageError
 from bayes_planet.logger import read_metrics
 
 CHECKPOINT_NAME = "checkpoint.npz"
+PARENT_PID_ENV = "BAYES_PLANET_PARENT_PID"  # a trainer given this stops, checkpointed, once that parent is gone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,15 +142,79 @@ def collect_results(source: str, destination: str) -> dict[str, list[str]]:
     return outcome
 
 
-def train_one(command: Sequence[str], log: str) -> tuple[int, float]:
-    """Run one training command with its output appended to `log`; returns its exit status and its wall time
-    in seconds (from its own start, not from when it was queued)."""
+class SweepStopped(Exception):
+    """SIGINT or SIGTERM stopped a local sweep once its running trainers had checkpointed and exited.
+    ``outcome``: the runs by outcome as `run_grid` returns them, with ``"stopped"``: the runs interrupted or
+    never started."""
+
+    def __init__(self, signum: int, outcome: dict[str, list[RunSpec]]):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.outcome = signum, outcome
+
+
+class _Trainers:
+    """The training processes a local sweep has running, and the stop signal it has passed on to them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self.signum: int | None = None
+
+    def start(self, command: Sequence[str], stdout) -> subprocess.Popen | None:
+        """Start `command` (None once a stop was requested: the run is left for the rerun)."""
+        with self._lock:
+            if self.signum is not None:
+                return None
+            # its own session: a terminal's Ctrl-C reaches the sweep alone, which passes it on once (a second
+            # signal would stop the trainer at once); if the sweep dies, the trainer stops at its next step
+            process = subprocess.Popen(list(command), stdout=stdout, stderr=subprocess.STDOUT,
+                                       start_new_session=True, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})
+            self._running.add(process)
+            return process
+
+    def finished(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def stop(self, signum: int, frame=None) -> None:
+        """A signal handler: pass `signum` on to every running trainer; queued runs will not start."""
+        with self._lock:
+            self.signum = signum if self.signum is None else self.signum
+            for process in self._running:
+                process.send_signal(signum)  # a no-op for one that has just exited
+
+    @contextlib.contextmanager
+    def stopping_on_signals(self):
+        """While inside, SIGINT and SIGTERM call `stop` (only from the main thread, where Python delivers
+        signals; elsewhere nothing changes)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self.stop) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def train_one(command: Sequence[str], log: str, trainers: _Trainers | None = None) -> tuple[int | None, float]:
+    """Run one training command with its output appended to `log`; returns its exit status (None: not started,
+    the sweep was stopping) and its wall time in seconds (from its own start, not from when it was queued)."""
     os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+    trainers = trainers or _Trainers()
     start = time.perf_counter()
     with open(log, "a") as handle:
         handle.write(f"\n$ {' '.join(command)}\n")
         handle.flush()
-        status = subprocess.run(list(command), stdout=handle, stderr=subprocess.STDOUT).returncode
+        process = trainers.start(command, handle)
+        if process is None:
+            handle.write("not started: the sweep was stopping\n")
+            return None, 0.0
+        try:
+            status = process.wait()
+        finally:
+            trainers.finished(process)
     return status, time.perf_counter() - start
 
 
@@ -149,19 +222,28 @@ def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None 
              say: Callable[[str], None] = print, progress: bool = True) -> dict[str, list[RunSpec]]:
     """Train every unfinished run of `runs`, `workers` at a time (or through `submit(command, log)`, which
     returns a future of `train_one`'s result, e.g. `ray_submitter`); returns the runs by outcome: finished
-    before, finished now, failed (nonzero exit)."""
+    before, finished now, failed (nonzero exit).
+
+    Run locally, a SIGINT or SIGTERM is passed on to the running trainers (each checkpoints and stops) and the
+    queued runs are not started; once the trainers have exited this raises `SweepStopped`."""
     from tqdm import tqdm
 
-    outcome: dict[str, list[RunSpec]] = {"skipped": [], "finished": [], "failed": []}
+    outcome: dict[str, list[RunSpec]] = {"skipped": [], "finished": [], "failed": [], "stopped": []}
     todo = []
     for run in runs:
         (outcome["skipped"] if is_finished(run) else todo).append(run)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, \
-            tqdm(total=len(runs), initial=len(outcome["skipped"]), desc="sweep", disable=not progress) as bar:
+    trainers = _Trainers()
+    with contextlib.ExitStack() as stack:
+        if not submit:
+            stack.enter_context(trainers.stopping_on_signals())
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers)))
+        bar = stack.enter_context(tqdm(total=len(runs), initial=len(outcome["skipped"]), desc="sweep",
+                                       disable=not progress))
         futures = {}
         def start_and_train(run: RunSpec):
-            say(f"start  {run.name}  (log: {run.log})")
-            return train_one(run.command, run.log)
+            if trainers.signum is None:
+                say(f"start  {run.name}  (log: {run.log})")
+            return train_one(run.command, run.log, trainers)
 
         for run in todo:
             if submit:  # the cluster starts it when it has room
@@ -180,10 +262,16 @@ def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None 
             if status == 0:
                 outcome["finished"].append(run)
                 say(f"done   {run.name}  ({minutes:.1f} min)")
+            elif trainers.signum is not None and status in (None, 128 + trainers.signum, -trainers.signum):
+                outcome["stopped"].append(run)
+                if status is not None:
+                    say(f"stopped {run.name}  ({minutes:.1f} min; log: {run.log})")
             else:
                 outcome["failed"].append(run)
                 say(f"FAILED {run.name}  (exit {status}, {minutes:.1f} min; log: {run.log})")
             bar.update(1)
+    if trainers.signum is not None:
+        raise SweepStopped(trainers.signum, outcome)
     return outcome
 
 
@@ -199,5 +287,5 @@ def ray_submitter(address: str) -> Callable:
     return lambda command, log: remote.remote(list(command), log).future()
 
 
-__all__ = ["RESULT_FILES", "RunSpec", "collect_results", "grid", "is_finished",
+__all__ = ["RESULT_FILES", "RunSpec", "SweepStopped", "collect_results", "grid", "is_finished",
            "parse_variant", "ray_submitter", "run_grid", "task_folder"]

@@ -203,9 +203,9 @@ class Trainer:
     """Owns one run: env, model, optimizer, replay, agent; `run()` trains until ``train.env_steps``."""
 
     def __init__(self, logdir: str, config: Config | str | None = None, progress: bool = True,
-                 overrides: Sequence[str] = ()):
+                 overrides: Sequence[str] = (), parent_pid: int | None = None):
         self.config = prepare_run(logdir, config, overrides)
-        self.logdir, self.progress = logdir, progress
+        self.logdir, self.progress, self.parent_pid = logdir, progress, parent_pid
         c = self.config
         if c.parallel.distributed:
             jax.distributed.initialize()  # before anything touches a device
@@ -501,6 +501,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ loop
     def _check_stop(self) -> None:
+        if self._signal is None and self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self._signal = signal.SIGHUP  # the process that started this run (a sweep) is gone: stop as on SIGHUP
         if self._signal is not None:
             raise Interrupted(self._signal)
 
@@ -528,7 +530,8 @@ class Trainer:
         The run directory is locked while this runs (a second trainer gets a `RunInUse` error). A checkpoint is
         written after every phase, so a kill loses at most the phase in progress, and an evaluation or report
         that did not finish happens on the rerun. SIGINT / SIGTERM stop it at the next env step or update with
-        a checkpoint written; a second signal stops it at once (`Interrupted`)."""
+        a checkpoint written; a second signal stops it at once (`Interrupted`). With ``parent_pid``, the loss of
+        that parent (e.g. a killed sweep) stops it the same way, reported as SIGHUP."""
         with RunLock(self.logdir), self._stop_on_signals():
             try:
                 try:
@@ -606,10 +609,10 @@ class Trainer:
 
 
 def train(logdir: str, config: Config | str | None = None, progress: bool = True,
-          overrides: Sequence[str] = ()) -> dict[str, float]:
+          overrides: Sequence[str] = (), parent_pid: int | None = None) -> dict[str, float]:
     """Train (or resume) the run in `logdir`; see `Trainer` and `prepare_run` (what `overrides` may change on
-    an existing run)."""
-    return Trainer(logdir, config, progress, overrides).run()
+    an existing run); with `parent_pid`, stop (checkpointed) once that process is no longer this one's parent."""
+    return Trainer(logdir, config, progress, overrides, parent_pid).run()
 
 
 __all__ = ["Diverged", "Interrupted", "Trainer", "make_env", "make_model", "prepare_run", "train"]

@@ -196,6 +196,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    _wait_until_unlocked([os.path.dirname(path) for path in checkpoints])  # its trainers stop on their own
     before = {path: os.path.getmtime(path) for path in checkpoints if os.path.exists(path)}
     from bayes_planet.agents.cli import main
 
@@ -205,6 +206,66 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert main(args) == 0
     assert all(load_checkpoint(path)["finished"] for path in checkpoints), "all 8 runs finish"
     assert all(os.path.getmtime(path) == before[path] for path in finished_before), "finished runs are not redone"
+
+
+def _wait_until_unlocked(folders, timeout=120.0):
+    """Wait until no trainer holds any of these run folders (those that exist); fails after `timeout` s."""
+    import time
+
+    from bayes_planet.files import RunInUse, RunLock
+
+    deadline = time.time() + timeout
+    for folder in folders:
+        while os.path.isdir(folder):
+            try:
+                with RunLock(folder):
+                    break
+            except RunInUse:
+                assert time.time() < deadline, f"{folder} is still held by a trainer"
+                time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_sweeps_trainer_once_with_a_checkpoint_and_a_killed_sweeps_trainer_stops_itself(tmp_path):
+    """Ctrl-C (SIGINT to the sweep's process group, as a terminal sends it) reaches the running trainer once: it
+    checkpoints and stops (not the second signal's stop at once) and the queued run never starts. On the rerun
+    the sweep is killed (SIGKILL, its group): the orphaned trainer notices at its next step and stops the same
+    way, releasing its run."""
+    import signal
+    import time
+
+    from conftest import EPISODE_ENV_STEPS, tiny_run_cli_options
+
+    out = str(tmp_path / "sweep")
+    command = [sys.executable, "-m", "bayes_planet.agents.cli", "sweep", "--out", out, "--seeds", "0", "1",
+               "--no-progress", "--tasks", "dmc:cartpole-swingup",
+               *tiny_run_cli_options(f"train.env_steps={8 * EPISODE_ENV_STEPS}", "train.eval_episodes=0")]
+    first = os.path.join(out, "cartpole-swingup", "default", "seed-0")
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(os.path.join(first, "checkpoint.npz")):
+        time.sleep(0.05)
+    os.killpg(sweep.pid, signal.SIGINT)
+    printed, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 128 + signal.SIGINT, printed[-2000:]
+    assert "0 finished now, 0 failed, 2 stopped" in printed and "rerun the same command to resume" in printed
+    log = open(first + ".log").read()
+    assert "stopped by SIGINT; checkpoint saved" in log and "second signal" not in log, log[-2000:]
+    assert "not started: the sweep was stopping" in open(first.replace("seed-0", "seed-1") + ".log").read()
+    assert not os.path.exists(first.replace("seed-0", "seed-1"))
+
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while time.time() < deadline and open(first + ".log").read().count("\n$ ") < 2:
+        time.sleep(0.05)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    stop = "stopped by SIGHUP; checkpoint saved; rerun the same command to resume"
+    deadline = time.time() + 120
+    while time.time() < deadline and not open(first + ".log").read().rstrip().endswith(stop):
+        time.sleep(0.2)
+    assert open(first + ".log").read().rstrip().endswith(stop), open(first + ".log").read()[-2000:]
+    _wait_until_unlocked([first])
 
 
 def test_the_ray_backend_runs_a_sweep_on_a_local_cluster(tmp_path):
