@@ -586,14 +586,14 @@ class Trainer:
                 self._say(f"env steps {self.env_steps}  eval return {eval_return:.1f}")
             if self.env_steps >= c.env_steps:
                 break
-            losses = {"loss": float("nan")}  # the phase may be done already (a stop during collection)
+            loss_text = ""  # the phase may be done already (a stop during collection): no loss to show
             if self.phase_updates < c.train_steps:
-                losses = self.train_phase()
+                loss_text = f"  loss {self.train_phase()['loss']:.2f}"
                 self.save()
             episode_return = self.collect_episode()
             self.save()
-            self._say(f"episode {self.replay.next_index}  env steps {self.env_steps}  return {episode_return:.1f}  "
-                      f"loss {losses['loss']:.2f}  updates {self.updates}")
+            self._say(f"episode {self.replay.next_index}  env steps {self.env_steps}  return {episode_return:.1f}"
+                      f"{loss_text}  updates {self.updates}")
         if not self.finished:
             with self._timed("reports"):
                 self.write_final_reports()

@@ -141,6 +141,22 @@ def test_a_kill_after_collecting_an_episode_loses_no_updates_and_the_evaluation_
     assert again["already_finished"] == 1.0 and len(_records(logdir, "eval")) == 2
 
 
+def test_a_stop_between_training_and_collecting_resumes_without_retraining_or_a_nan_loss_line(tmp_path, capsys):
+    config = load_config("default", TINY_RUN + [f"train.env_steps={3 * EPISODE_ENV_STEPS}"])
+    logdir = str(tmp_path / "run")
+    trainer = Trainer(logdir, config, progress=False)
+    trainer.collect_seed_episodes()
+    trainer._initialize()
+    trainer.train_phase()
+    trainer.save()  # the phase's updates are on disk; the episode after them was never collected: "killed" here
+    trainer.logger.close()
+    capsys.readouterr()
+    Trainer(logdir, None, progress=False).run()
+    episode_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("episode 3 "))
+    assert "loss" not in episode_line and "nan" not in episode_line, episode_line
+    assert [r["updates"] for r in _records(logdir, "train")] == [config.train.train_steps]
+
+
 def test_a_finished_run_is_extended_and_only_safe_options_change_on_resume(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     tiny = tiny_run_cli_options(f"train.env_steps={3 * EPISODE_ENV_STEPS}")
