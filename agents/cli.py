@@ -498,6 +498,17 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
 
 
+# `python -m` would put the working directory first on sys.path, and in a source checkout its
+# `bayes_planet/` folder (which lacks the `agents` package mapped in at install) shadows the installed package
+_RUN_INSTALLED_CLI = "import sys; sys.path = [p for p in sys.path if p]; from bayes_planet.agents.cli import run; run()"
+
+
+def cli_argv(*args: str) -> list[str]:
+    """``bayes-planet ARGS`` as an argv for a child process of this interpreter (as `sweep` starts its runs):
+    the installed package's command, whatever folder the child starts in."""
+    return [sys.executable, "-c", _RUN_INSTALLED_CLI, *args]
+
+
 def run() -> None:
     """The ``bayes-planet`` command: `main` in a process whose malloc uses transparent huge pages
     (`bayes_planet.memory.restart_with_huge_pages`; ``GLIBC_TUNABLES=glibc.malloc.hugetlb=0`` opts out)."""

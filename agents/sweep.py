@@ -19,11 +19,12 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+
+from bayes_planet.agents.cli import cli_argv
 
 from bayes_planet.checkpoint import load_checkpoint
 from bayes_planet.errors import UsageError
@@ -77,8 +78,8 @@ def grid(folder: str, config: str, tasks: Sequence[str], variants: Mapping[str, 
             for seed in seeds:
                 logdir = os.path.join(folder, task_folder(task), variant, f"seed-{seed}")
                 sets = [*common, *overrides, f"env.task={task}", f"seed={seed}"]
-                command = (sys.executable, "-m", "bayes_planet.agents.cli", "train", "--config", config,
-                           "--logdir", logdir, "--no-progress", *[arg for item in sets for arg in ("--set", item)])
+                command = tuple(cli_argv("train", "--config", config, "--logdir", logdir, "--no-progress",
+                                         *[arg for item in sets for arg in ("--set", item)]))
                 runs.append(RunSpec(task, variant, seed, logdir, command))
     return runs
 

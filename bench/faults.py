@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from bayes_planet.agents.cli import cli_argv  # noqa: E402
 from conftest import EPISODE_ENV_STEPS, TINY_RUN  # noqa: E402
 
 from bayes_planet.checkpoint import load_checkpoint  # noqa: E402
@@ -32,8 +33,8 @@ from bayes_planet.replay import Replay  # noqa: E402
 
 def command(logdir: str) -> list[str]:
     overrides = TINY_RUN + [f"train.env_steps={6 * EPISODE_ENV_STEPS}"]
-    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress",
-            *[arg for item in overrides for arg in ("--set", item)]]
+    return cli_argv("train", "--logdir", logdir, "--no-progress",
+                    *[arg for item in overrides for arg in ("--set", item)])
 
 
 def summary(logdir: str) -> dict:

@@ -1,7 +1,6 @@
 """Shared fixtures: real random episodes from dm_control, and tiny world-model sizes."""
 
 import os
-import sys
 import tempfile
 
 # Compiled XLA programs persist across the test session and its subprocesses (the kill-and-resume tests start
@@ -13,6 +12,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from bayes_planet.agents.cli import cli_argv
 from bayes_planet.agents.rollout import random_policy, run_episode
 
 from bayes_planet import envs  # noqa: E402
@@ -39,7 +39,7 @@ TINY_RUN = [
 
 def train_command(logdir: str, *extra: str) -> list[str]:
     """The argv of a ``bayes-planet train`` subprocess on `logdir` without progress bars, then `extra`."""
-    return [sys.executable, "-m", "bayes_planet.agents.cli", "train", "--logdir", logdir, "--no-progress", *extra]
+    return cli_argv("train", "--logdir", logdir, "--no-progress", *extra)
 
 
 def tiny_run_cli_options(*items: str) -> list[str]:

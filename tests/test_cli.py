@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from bayes_planet.agents.cli import main
+from bayes_planet.agents.cli import cli_argv, main
+from bayes_planet.agents.sweep import grid
 
 from bayes_planet.config import load_config
 
@@ -20,8 +21,7 @@ def test_random_command_writes_a_video_and_prints_the_return(tmp_path, capsys):
 
 
 def test_bad_task_is_one_line_and_exit_code_2():
-    result = subprocess.run([sys.executable, "-m", "bayes_planet.agents.cli", "random", "--task", "dmc:foo-bar"],
-                            capture_output=True, text=True)
+    result = subprocess.run(cli_argv("random", "--task", "dmc:foo-bar"), capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("bayes-planet: error: --task: unknown DeepMind Control")
 
@@ -35,6 +35,18 @@ def test_the_install_puts_nothing_generic_at_the_top_level(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["[]", "ok"], result.stdout
+
+
+def test_the_commands_a_sweep_starts_run_the_installed_package_from_a_folder_with_its_own_bayes_planet(tmp_path):
+    """A sweep started in a source checkout: the checkout's `bayes_planet/` (here one that fails on import) must
+    not shadow the installed package in the runs the sweep starts, as it would under ``python -m``."""
+    shadow = tmp_path / "bayes_planet"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the working directory shadowed the installed package')\n")
+    [run] = grid(str(tmp_path / "sweep"), "quickstart", ["dmc:cartpole-swingup"], {"default": []}, [0])
+    assert list(run.command) == cli_argv(*run.command[3:]) and "train" in run.command
+    result = subprocess.run(cli_argv("random", "--help"), capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and "usage: bayes-planet random" in result.stdout, result.stderr[-2000:]
 
 
 def test_compare_tabulates_the_committed_results_next_to_published_scores(tmp_path, capsys):
@@ -187,7 +199,7 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     out = str(tmp_path / "sweep")
     args = _sweep_args(out, "--tasks", "dmc:cartpole-swingup", "dmc:pendulum-swingup", "--workers", "2",
                        "--variant", "a:planner.objective=mean", "--variant", "b:planner.objective=optimistic")
-    command = [sys.executable, "-m", "bayes_planet.agents.cli", *args]
+    command = cli_argv(*args)
     checkpoints = [os.path.join(out, task, variant, f"seed-{seed}", CHECKPOINT_NAME)
                    for task in ("cartpole-swingup", "pendulum-swingup") for variant in "ab" for seed in (0, 1)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -237,9 +249,8 @@ def test_ctrl_c_stops_a_sweeps_trainer_once_with_a_checkpoint_and_a_killed_sweep
     from conftest import EPISODE_ENV_STEPS, tiny_run_cli_options
 
     out = str(tmp_path / "sweep")
-    command = [sys.executable, "-m", "bayes_planet.agents.cli", "sweep", "--out", out, "--seeds", "0", "1",
-               "--no-progress", "--tasks", "dmc:cartpole-swingup",
-               *tiny_run_cli_options(f"train.env_steps={8 * EPISODE_ENV_STEPS}", "train.eval_episodes=0")]
+    command = cli_argv("sweep", "--out", out, "--seeds", "0", "1", "--no-progress", "--tasks", "dmc:cartpole-swingup",
+                       *tiny_run_cli_options(f"train.env_steps={8 * EPISODE_ENV_STEPS}", "train.eval_episodes=0"))
     first = os.path.join(out, "cartpole-swingup", "default", "seed-0")
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)
