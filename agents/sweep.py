@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -206,7 +207,7 @@ def train_one(command: Sequence[str], log: str, trainers: _Trainers | None = Non
     trainers = trainers or _Trainers()
     start = time.perf_counter()
     with open(log, "a") as handle:
-        handle.write(f"\n$ {' '.join(command)}\n")
+        handle.write(f"\n$ {shlex.join(command)}\n")  # quoted: the command holds `-c` code
         handle.flush()
         process = trainers.start(command, handle)
         if process is None:

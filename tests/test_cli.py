@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,10 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
         assert load_checkpoint(os.path.join(run, "checkpoint.npz"))["finished"]
         assert load_config(os.path.join(run, "config.yaml")).seed == seed
     assert "is longer than an episode" in open(os.path.join(out, "cartpole-swingup", "broken", "seed-0.log")).read()
+    # each log names its command as a shell line that splits back into the command the sweep ran
+    logged = next(line[2:] for line in open(os.path.join(out, "cartpole-swingup", "mean", "seed-0.log"))
+                  if line.startswith("$ "))
+    assert shlex.split(logged)[:4] == [*cli_argv(), "train"]
     assert main(args) == 1
     assert "2 finished before, 0 finished now, 2 failed" in capsys.readouterr().out
 
