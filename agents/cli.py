@@ -207,6 +207,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
     from bayes_planet.config import load_config, read_yaml
 
+    if args.retries < 0:
+        raise UsageError(f"--retries must be 0 or more, not {args.retries}")
     variants = dict(parse_variant(text) for text in args.variant)
     if args.variants:
         for name, overrides in read_yaml(args.variants).items():
@@ -224,7 +226,8 @@ def _sweep(args: argparse.Namespace) -> int:
     print(f"sweep: {len(runs)} runs ({len(args.tasks)} tasks x {len(variants)} variants x {len(args.seeds)} seeds) "
           f"in {args.out}")
     try:
-        outcome, stopped_by = run_grid(runs, args.workers, submit, progress=not args.no_progress), None
+        outcome, stopped_by = run_grid(runs, args.workers, submit, progress=not args.no_progress,
+                                       retries=args.retries), None
     except SweepStopped as stop:
         outcome, stopped_by = stop.outcome, stop
     print(f"sweep: {len(outcome['skipped'])} finished before, {len(outcome['finished'])} finished now, "
@@ -444,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=1, help="runs at once on this machine (default 1)")
     sweep.add_argument("--ray", default=None, metavar="ADDRESS",
                        help="run on a Ray cluster ('auto' or an address; pip install 'bayes-planet[ray]')")
+    sweep.add_argument("--retries", type=int, default=0,
+                       help="start a failed run again up to this many times, resuming from its checkpoint "
+                            "(e.g. after a crashed trainer; default 0)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.set_defaults(run=_sweep)
     collect = commands.add_parser(

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from bayes_planet.agents.cli import cli_argv
 
@@ -221,10 +221,12 @@ def train_one(command: Sequence[str], log: str, trainers: _Trainers | None = Non
 
 
 def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None = None,
-             say: Callable[[str], None] = print, progress: bool = True) -> dict[str, list[RunSpec]]:
+             say: Callable[[str], None] = print, progress: bool = True,
+             retries: int = 0) -> dict[str, list[RunSpec]]:
     """Train every unfinished run of `runs`, `workers` at a time (or through `submit(command, log)`, which
     returns a future of `train_one`'s result, e.g. `ray_submitter`); returns the runs by outcome: finished
-    before, finished now, failed (nonzero exit).
+    before, finished now, failed (nonzero exit). A run that fails is started again up to `retries` times,
+    resuming from its last checkpoint (a crashed trainer; a bad config fails every time).
 
     Run locally, a SIGINT or SIGTERM is passed on to the running trainers (each checkpoints and stops) and the
     queued runs are not started; once the trainers have exited this raises `SweepStopped`."""
@@ -242,36 +244,48 @@ def run_grid(runs: Sequence[RunSpec], workers: int = 1, submit: Callable | None 
         bar = stack.enter_context(tqdm(total=len(runs), initial=len(outcome["skipped"]), desc="sweep",
                                        disable=not progress))
         futures = {}
+        attempts = {run.name: 0 for run in todo}
         def start_and_train(run: RunSpec):
             if trainers.signum is None:
                 say(f"start  {run.name}  (log: {run.log})")
             return train_one(run.command, run.log, trainers)
 
-        for run in todo:
+        def start(run: RunSpec):
+            attempts[run.name] += 1
             if submit:  # the cluster starts it when it has room
                 future = submit(run.command, run.log)
                 say(f"queued {run.name}  (log: {run.log})")
             else:
                 future = pool.submit(start_and_train, run)
             futures[future] = run
-        for future in as_completed(futures):
-            run = futures[future]
-            try:
-                status, seconds = future.result()
-            except Exception as error:  # a worker that died: the run failed, the others go on
-                status, seconds = f"{type(error).__name__}: {error}", 0.0
-            minutes = seconds / 60
-            if status == 0:
-                outcome["finished"].append(run)
-                say(f"done   {run.name}  ({minutes:.1f} min)")
-            elif trainers.signum is not None and status in (None, 128 + trainers.signum, -trainers.signum):
-                outcome["stopped"].append(run)
-                if status is not None:
-                    say(f"stopped {run.name}  ({minutes:.1f} min; log: {run.log})")
-            else:
-                outcome["failed"].append(run)
-                say(f"FAILED {run.name}  (exit {status}, {minutes:.1f} min; log: {run.log})")
-            bar.update(1)
+
+        for run in todo:
+            start(run)
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                run = futures.pop(future)
+                try:
+                    status, seconds = future.result()
+                except Exception as error:  # a worker that died: the run failed, the others go on
+                    status, seconds = f"{type(error).__name__}: {error}", 0.0
+                minutes = seconds / 60
+                if status == 0:
+                    outcome["finished"].append(run)
+                    say(f"done   {run.name}  ({minutes:.1f} min)")
+                elif trainers.signum is not None and status in (None, 128 + trainers.signum, -trainers.signum):
+                    outcome["stopped"].append(run)
+                    if status is not None:
+                        say(f"stopped {run.name}  ({minutes:.1f} min; log: {run.log})")
+                elif attempts[run.name] <= retries and trainers.signum is None:
+                    say(f"retry  {run.name}  (exit {status}, {minutes:.1f} min; retry {attempts[run.name]} of "
+                        f"{retries}; log: {run.log})")
+                    start(run)
+                    continue
+                else:
+                    outcome["failed"].append(run)
+                    say(f"FAILED {run.name}  (exit {status}, {minutes:.1f} min; log: {run.log})")
+                bar.update(1)
     if trainers.signum is not None:
         raise SweepStopped(trainers.signum, outcome)
     return outcome

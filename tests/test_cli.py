@@ -157,8 +157,14 @@ def test_a_sweep_runs_its_grid_survives_a_failed_run_and_resumes(tmp_path, capsy
     logged = next(line[2:] for line in open(os.path.join(out, "cartpole-swingup", "mean", "seed-0.log"))
                   if line.startswith("$ "))
     assert shlex.split(logged)[:4] == [*cli_argv(), "train"]
-    assert main(args) == 1
-    assert "2 finished before, 0 finished now, 2 failed" in capsys.readouterr().out
+    # --retries: a failed run is started again (here it fails every time: its config is bad), and no more often
+    assert main([*args, "--retries", "2"]) == 1
+    printed = capsys.readouterr().out
+    assert "2 finished before, 0 finished now, 2 failed" in printed
+    assert "retry  cartpole-swingup/broken/seed-0  (exit 2" in printed and "retry 2 of 2" in printed
+    broken_log = open(os.path.join(out, "cartpole-swingup", "broken", "seed-0.log")).read()
+    assert broken_log.count("\n$ ") == 1 + 3  # the first sweep's start, then a start and two retries
+    assert main([*args, "--retries", "-1"]) == 2
 
     # collect: the finished runs' config and metrics, laid out as compare reads them; nothing else
     partial = os.path.join(out, "cartpole-swingup", "partial", "seed-0")  # a run without its final checkpoint
