@@ -38,6 +38,20 @@ def test_pixel_observations_from_real_rendering(cheetah):
     assert np.abs(frames[-1].astype(int) - frames[0].astype(int)).mean() > 1.0, "frames change as it moves"
 
 
+@pytest.mark.parametrize("task", ["dmc:walker-walk", "dmc:cheetah-run"])
+def test_observations_are_the_frames_physics_render_draws(task):
+    """The env renders through one held camera; every frame must equal a fresh ``physics.render``."""
+    env = envs.make(task, seed=0, shadow_size=512)
+    rng = np.random.default_rng(0)
+    observations = [env.reset(seed=0)[0]]
+    for _ in range(12):
+        observation = env.step(rng.uniform(-1, 1, env.action_space.shape))[0]
+        assert np.array_equal(observation, env.physics.render(64, 64, camera_id=env.unwrapped.camera_id))
+        observations.append(observation)
+    assert np.abs(observations[-1].astype(int) - observations[0].astype(int)).mean() > 1.0, "the body moved"
+    env.close()
+
+
 def test_action_repeat_multiplies_env_steps_and_sums_rewards():
     fast = envs.make("dmc:cartpole-swingup", action_repeat=1, seed=3)
     slow = envs.make("dmc:cartpole-swingup", action_repeat=8, seed=3)
