@@ -139,8 +139,8 @@ def peer_rows(python: str, repeats: int, ours: dict[str, object]) -> list[tuple[
 
 def env_rows(repeats: int) -> list[tuple[str, str]]:
     """Our env step (action repeat 4, one render from a held camera) against the bare dm_control calls it
-    replaces (the same steps, then ``physics.render``, which builds a camera per frame), and against itself
-    with the CPU presets' smaller shadow map, taking turns."""
+    replaces (the same steps, then ``physics.render``, which builds a camera per frame), and both with the CPU
+    presets' smaller shadow map, the four taking turns."""
     from dm_control import suite
 
     from bayes_planet import envs
@@ -149,20 +149,28 @@ def env_rows(repeats: int) -> list[tuple[str, str]]:
     env = envs.make("dmc:cheetah-run", seed=0)
     env.reset(seed=0)
     action = np.zeros(env.action_space.shape, np.float32)
-    bare = suite.load("cheetah", "run", task_kwargs={"random": 0})
-    bare.reset()
     repeat = env.unwrapped.action_repeat
 
-    def bare_step():
-        for _ in range(repeat):
-            bare.step(action)
-        bare.physics.render(64, 64, camera_id=0)
+    def bare_step_with(shadow_size: int | None):
+        """The bare suite env's step: the same physics steps, then ``physics.render``."""
+        bare = suite.load("cheetah", "run", task_kwargs={"random": 0})
+        if shadow_size:
+            bare.physics.model.vis.quality.shadowsize = shadow_size
+        bare.reset()
+
+        def step():
+            for _ in range(repeat):
+                bare.step(action)
+            bare.physics.render(64, 64, camera_id=0)
+        return step
 
     small_shadows = envs.make("dmc:cheetah-run", seed=0, shadow_size=SMALL_SHADOW_MAP)
     small_shadows.reset(seed=0)
-    medians = alternating_medians({"ours": lambda: env.step(action), "bare": bare_step,
-                                   "small shadows": lambda: small_shadows.step(action)}, steps)
+    medians = alternating_medians({"ours": lambda: env.step(action), "bare": bare_step_with(None),
+                                   "small shadows": lambda: small_shadows.step(action),
+                                   "bare small shadows": bare_step_with(SMALL_SHADOW_MAP)}, steps)
     ours, reference, small = medians["ours"], medians["bare"], medians["small shadows"]
+    small_reference = medians["bare small shadows"]
     sequences = np.random.default_rng(0).uniform(-1, 1, (16, 12, *env.action_space.shape))
     simulated = median_seconds(lambda: env.unwrapped.simulate_returns(sequences), max(3, repeats)) / len(sequences)
     return [(f"env step (cheetah-run, repeat {repeat} + one 64x64 render)", f"{ours * 1e3:.2f} ms"),
@@ -170,6 +178,8 @@ def env_rows(repeats: int) -> list[tuple[str, str]]:
              f"{reference * 1e3:.2f} ms (ours {ours / reference:.2f}x)"),
             (f"  with env.shadow_size={SMALL_SHADOW_MAP} (the suite's: 2048)",
              f"{small * 1e3:.2f} ms ({small / ours:.2f}x)"),
+            ("    bare dm_control with that shadow map",
+             f"{small_reference * 1e3:.2f} ms (ours {small / small_reference:.2f}x)"),
             ("true return of a 12-step action sequence (plan check)", f"{simulated * 1e3:.2f} ms")]
 
 
