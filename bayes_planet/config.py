@@ -54,7 +54,8 @@ class PlannerConfig:
     with the posterior-mean weights.
     thompson_every: "plan" (a new sample per plan call) or "episode". matmul_dtype: "float32", or
     "bfloat16" for matmul inputs while scoring candidates (float32 results; a 1.5-1.8x faster CEM call on a
-    CPU with AVX512-BF16, maybe slower on one without; see `bayes_planet.precision`)."""
+    CPU with AVX512-BF16, slower on one without), or "auto": bfloat16 on a CPU with bfloat16 instructions,
+    float32 elsewhere (see `bayes_planet.precision`)."""
 
     name: str = "cem"
     horizon: int = planners_base.HORIZON

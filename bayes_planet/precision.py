@@ -7,7 +7,8 @@ Everything else stays float32: activations, sums, the GRU's gates, the samples. 
 379 against 200 GFLOP/s), and PlaNet's CEM is almost all matmuls: its call at PlaNet's sizes runs 1.5-1.8x
 faster. A CPU without bfloat16 instructions runs them slower (a Zen 3 EPYC without AVX512: the quickstart's
 CEM call 46.8 against 41.1 ms, 1.14x; `cpu_has_bfloat16_matmuls` tells which kind this one is). CPUs
-ignore `jax.default_matmul_precision`, hence a transformation.
+ignore `jax.default_matmul_precision`, hence a transformation. "auto" picks bfloat16 where it is faster
+(`preferred_matmul_dtype`).
 
 The rewritten function is meant to be evaluated, not differentiated: custom derivative rules inside it
 (e.g. `jax.nn.relu`'s) are inlined as plain functions.
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
 
-MATMUL_DTYPES = ("float32", "bfloat16")
+MATMUL_DTYPES = ("float32", "bfloat16", "auto")
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 and AMX; Arm's BF16
 
 
@@ -43,6 +44,15 @@ def cpu_has_bfloat16_matmuls(cpuinfo: str | None = None) -> bool | None:
             return not BFLOAT16_CPU_FLAGS.isdisjoint(value.split())
     return None
 
+def preferred_matmul_dtype(backend: str | None = None, cpuinfo: str | None = None) -> str:
+    """The faster matmul input dtype for planning here: "bfloat16" on a CPU with bfloat16 instructions
+    (`cpu_has_bfloat16_matmuls`), "float32" elsewhere: on a CPU without them or that cannot be told, and on
+    accelerators, where XLA already chooses its matmul precision. `backend` defaults to JAX's default
+    backend, `cpuinfo` to ``/proc/cpuinfo``."""
+    backend = jax.default_backend() if backend is None else backend
+    return "bfloat16" if backend == "cpu" and cpu_has_bfloat16_matmuls(cpuinfo) else "float32"
+
+
 # call-like primitives whose body runs inline (jit, custom derivative rules, jax.checkpoint): param name
 _INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
             "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "remat2": "jaxpr",
@@ -51,9 +61,12 @@ _INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_
 
 def with_matmul_dtype(fn: Callable, dtype: str) -> Callable:
     """`fn` with its float32 matmuls' inputs cast to `dtype` (one of `MATMUL_DTYPES`; results stay float32).
-    "float32" returns `fn` itself. `fn` takes and returns pytrees of arrays (positional arguments)."""
+    "float32" returns `fn` itself; "auto" is `preferred_matmul_dtype()`. `fn` takes and returns pytrees of
+    arrays (positional arguments)."""
     if dtype not in MATMUL_DTYPES:
         raise ValueError(f"matmul dtype must be one of {MATMUL_DTYPES}, got {dtype!r}")
+    if dtype == "auto":
+        dtype = preferred_matmul_dtype()
     if dtype == "float32":
         return fn
     input_dtype = jnp.dtype(dtype)

@@ -10,7 +10,7 @@ from conftest import tiny_config
 from bayes_planet.matmul_conv import matmul_rows
 from bayes_planet.objectives import make_objective
 from bayes_planet.planners import CEM, world_model_scorer
-from bayes_planet.precision import cpu_has_bfloat16_matmuls, with_matmul_dtype
+from bayes_planet.precision import cpu_has_bfloat16_matmuls, preferred_matmul_dtype, with_matmul_dtype
 from bayes_planet.world_model import WorldModel
 
 KEY = jax.random.PRNGKey(0)
@@ -64,7 +64,7 @@ def test_every_float32_matmul_is_rewritten_wherever_it_is_nested():
 
 def test_float32_is_the_function_itself_and_bad_dtypes_fail():
     assert with_matmul_dtype(nested, "float32") is nested
-    with pytest.raises(ValueError, match=r"matmul dtype must be one of \('float32', 'bfloat16'\), got 'float16'"):
+    with pytest.raises(ValueError, match=r"must be one of \('float32', 'bfloat16', 'auto'\), got 'float16'"):
         with_matmul_dtype(nested, "float16")
 
 
@@ -104,3 +104,25 @@ def test_bfloat16_planning_on_a_real_world_model_keeps_the_scores_and_the_plan()
 def test_cpu_bfloat16_flags_are_read_from_cpuinfo(cpuinfo, expected):
     assert cpu_has_bfloat16_matmuls(cpuinfo) is expected
 
+
+
+ZEN4_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 avx512_vnni\n"
+ZEN3_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+@pytest.mark.parametrize("backend, cpuinfo, expected", [
+    ("cpu", ZEN4_CPUINFO, "bfloat16"),
+    ("cpu", ZEN3_CPUINFO, "float32"),
+    ("cpu", "processor\t: 0\n", "float32"),  # cannot be told
+    ("gpu", ZEN4_CPUINFO, "float32"),
+])
+def test_auto_prefers_bfloat16_only_on_a_cpu_with_bfloat16_instructions(backend, cpuinfo, expected):
+    assert preferred_matmul_dtype(backend, cpuinfo) == expected
+
+
+def test_auto_rewrites_exactly_when_this_machine_prefers_bfloat16():
+    x, kernel = jnp.ones((6, 8)), jnp.eye(8)
+    float_inputs = [pair for pair in matmul_input_dtypes(with_matmul_dtype(nested, "auto"), x, kernel)
+                    if pair != ("int32", "int32")]
+    preferred = preferred_matmul_dtype()
+    assert len(float_inputs) == 6 and set(float_inputs) == {(preferred, preferred)}
