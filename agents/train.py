@@ -25,11 +25,13 @@ import dataclasses
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 
 import gymnasium as gym
 import jax
+import jax.numpy as jnp
 import numpy as np
 from bayes_planet.agents.agent import PlanetAgent
 from bayes_planet.agents.rollout import random_policy, run_episode
@@ -234,6 +236,7 @@ class Trainer:
         self.sampler = np.random.default_rng(c.seed)
         self.nonfinite_streak = 0
         self._signal: int | None = None  # set by SIGINT / SIGTERM while `run` is running
+        self._abandon_phase = False  # set when a collection beside the updates failed: they stop early
         self._second_signal: int | None = None  # a second one: stop at once
         self._restore()
 
@@ -337,13 +340,13 @@ class Trainer:
         with self._timed("updates"):
             return self._train_phase()
 
-    def _train_phase(self) -> dict[str, float]:
+    def _train_phase(self, show_progress: bool = True) -> dict[str, float]:
         c = self.config.train
-        history, skipped = [], 0
+        history, skipped, start = [], 0, time.perf_counter()
         with tqdm(range(c.train_steps - self.phase_updates), desc=f"train (update {self.updates})", leave=False,
-                  disable=not self.progress) as bar:
+                  disable=not (self.progress and show_progress)) as bar:
             for _ in bar:
-                if self._signal is not None:
+                if self._signal is not None or self._abandon_phase:
                     break
                 batch = {k: v for k, v in self.replay.sample(c.batch_size // jax.process_count(),
                                                               c.sequence_length, self.sampler).items()
@@ -378,18 +381,60 @@ class Trainer:
         means = {name: float(np.mean([float(m[name]) for m in history])) if history else float("nan")
                  for name in (history[0] if history else ["loss"])}
         if history or skipped:
-            self.logger.write("train", self.env_steps, dict(means, nonfinite_updates=skipped, updates=self.updates))
+            self.logger.write("train", self.env_steps, dict(means, nonfinite_updates=skipped, updates=self.updates,
+                                                            seconds=time.perf_counter() - start))
         self._check_stop()
         return means
 
     def collect_episode(self) -> float:
         """One episode with the agent and ``train.exploration_noise``, stored in the replay; returns its return."""
-        index = self.replay.next_index
         self.key, key_agent = jax.random.split(self.key)
-        policy = self.agent.policy(self.params, key_agent, self.config.train.exploration_noise)
+        return self._store_episode(*self._collect(self.params, key_agent))
+
+    def train_while_collecting(self) -> tuple[dict[str, float], float]:
+        """``train.collect_while_training``: the phase's remaining updates in a second thread while this one
+        collects the next episode with the model from before them. The episode is stored after the updates, so
+        that they train on the episodes PlaNet's loop trains them on. Returns the phase's mean metrics
+        (`train_phase`) and the episode's return. The time the updates run past the collection counts as
+        ``updates`` (the ``train`` record's ``seconds`` is their own wall time)."""
+        self.key, key_agent = jax.random.split(self.key)
+        acting_params = jax.tree.map(jnp.copy, self.params)  # the updates donate the buffers of self.params
+        outcome: dict = {}
+
+        def update():
+            try:
+                outcome["means"] = self._train_phase(show_progress=False)
+            except BaseException as error:  # re-raised in this thread, after the collection
+                outcome["error"] = error
+
+        updates = threading.Thread(target=update, name="updates", daemon=True)
+        self._abandon_phase = False
+        updates.start()
+        try:
+            collected = self._collect(acting_params, key_agent)
+        except BaseException:
+            self._abandon_phase = True  # a stop signal ends the updates by itself; any other error does here
+            raise
+        finally:
+            waited_from = time.perf_counter()
+            updates.join()
+            self.seconds["updates"] += time.perf_counter() - waited_from
+            self._abandon_phase = False
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["means"], self._store_episode(*collected)
+
+    def _collect(self, params, key: jax.Array):
+        """One episode with the agent acting on `params`, not yet stored; returns it and its wall seconds."""
+        index = self.replay.next_index
+        policy = self.agent.policy(params, key, self.config.train.exploration_noise)
         start = time.perf_counter()
         episode = self._rollout(policy, episode_seed(self.config, index), f"episode {index}")
-        seconds = time.perf_counter() - start
+        return episode, time.perf_counter() - start
+
+    def _store_episode(self, episode, seconds: float) -> float:
+        """Add a collected episode to the replay, start a new phase and log it; returns its return."""
+        index = self.replay.next_index
         self.replay.add(episode.arrays())
         self.phase_updates = 0
         self.logger.write("episode", self.env_steps, {"return": episode.total_reward, "episode": index,
@@ -587,10 +632,14 @@ class Trainer:
             if self.env_steps >= c.env_steps:
                 break
             loss_text = ""  # the phase may be done already (a stop during collection): no loss to show
-            if self.phase_updates < c.train_steps:
-                loss_text = f"  loss {self.train_phase()['loss']:.2f}"
-                self.save()
-            episode_return = self.collect_episode()
+            if self.phase_updates < c.train_steps and c.collect_while_training:
+                means, episode_return = self.train_while_collecting()
+                loss_text = f"  loss {means['loss']:.2f}"
+            else:
+                if self.phase_updates < c.train_steps:
+                    loss_text = f"  loss {self.train_phase()['loss']:.2f}"
+                    self.save()
+                episode_return = self.collect_episode()
             self.save()
             self._say(f"episode {self.replay.next_index}  env steps {self.env_steps}  return {episode_return:.1f}"
                       f"{loss_text}  updates {self.updates}")

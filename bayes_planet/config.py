@@ -78,7 +78,10 @@ class TrainConfig:
     ``[batch_size, sequence_length]`` chunks and one collected episode, until `env_steps` env steps.
     Evaluation (no exploration noise) every `eval_every` collected episodes. replay_in_memory: how many
     episodes the replay keeps loaded (0: all). max_nonfinite_updates: consecutive updates with a
-    non-finite loss or gradient (each one skipped) after which the run stops."""
+    non-finite loss or gradient (each one skipped) after which the run stops. collect_while_training: run
+    each phase's updates in a second thread while the next episode is collected with the model from before
+    them (PlaNet's loop collects with the updated model): env stepping and rendering use one core, so on a
+    small CPU part of the updates' time is hidden; the updates still train on the same episodes."""
 
     env_steps: int = 1_000_000
     seed_episodes: int = 5
@@ -94,6 +97,7 @@ class TrainConfig:
     eval_episodes: int = 1
     replay_in_memory: int = 0
     max_nonfinite_updates: int = 20
+    collect_while_training: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,6 +339,7 @@ def differences(old: Config, new: Config) -> list[str]:
 # replay. (A key ending in "." names a whole section.)
 CHANGEABLE_ON_RESUME = ("env.shadow_size", "train.env_steps", "train.eval_every", "train.eval_episodes",
                         "train.exploration_noise", "train.max_nonfinite_updates", "train.replay_in_memory",
+                        "train.collect_while_training",
                         "planner.", "parallel.candidates")
 
 

@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import imageio.v3 as iio
+import jax
 import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
@@ -256,3 +257,45 @@ def test_the_python_api_takes_a_preset_and_overrides(tmp_path):
     assert trainer.config == load_config("default", TINY_RUN)
     again = Trainer(logdir, "default", progress=False, overrides=TINY_RUN)  # the same call resumes the same run
     assert again.config == trainer.config
+
+
+def _same_arrays(tree, other) -> bool:
+    return all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(other), strict=True))
+
+
+def test_collecting_while_training_acts_with_the_model_from_before_the_updates_and_trains_on_the_same_episodes(
+        tmp_path):
+    """`train.collect_while_training`: the episode is collected by the model the phase started from while the
+    phase's updates run beside it; they sample only the episodes stored before it (as in PlaNet's loop), and
+    the part of their time hidden behind the collection does not count as ``updates``."""
+    config = load_config("default", TINY_RUN + [f"train.env_steps={4 * EPISODE_ENV_STEPS}", "train.train_steps=20",
+                                                "train.eval_every=2", "train.collect_while_training=true"])
+    logdir = str(tmp_path / "run")
+    trainer = Trainer(logdir, config, progress=False)
+    trainer.collect_seed_episodes()
+    trainer._initialize()
+    before = jax.tree.map(np.array, trainer.params)
+    acting, sampled_from = [], []
+    collect, sample = trainer._collect, trainer.replay.sample
+
+    def recording_collect(params, key):
+        acting.append(jax.tree.map(np.array, params))
+        return collect(params, key)
+
+    def recording_sample(*args):
+        sampled_from.append(len(trainer.replay))
+        return sample(*args)
+
+    trainer._collect, trainer.replay.sample = recording_collect, recording_sample
+    means, episode_return = trainer.train_while_collecting()
+    assert np.isfinite(means["loss"]) and np.isfinite(episode_return)
+    assert trainer.updates == 20 and trainer.phase_updates == 0 and len(trainer.replay) == 3
+    assert sampled_from == [2] * 20  # the new episode was stored after the updates
+    assert _same_arrays(acting[0], before) and not _same_arrays(trainer.params, before)
+    trainer.save()
+    result = trainer.run()  # the loop itself: one more phase beside one more episode, then the evaluation
+    assert np.isfinite(result["eval_return"]) and len(acting) == 2 and sampled_from[20:] == [3] * 20
+    assert [r["updates"] for r in _records(logdir, "train")] == [20, 40]
+    assert [r["episode"] for r in _records(logdir, "episode")] == [2, 3]
+    (time_record,) = _records(logdir, "time")
+    assert time_record["updates"] < sum(r["seconds"] for r in _records(logdir, "train"))

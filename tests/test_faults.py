@@ -157,6 +157,34 @@ def test_a_stop_between_training_and_collecting_resumes_without_retraining_or_a_
     assert [r["updates"] for r in _records(logdir, "train")] == [config.train.train_steps]
 
 
+def test_a_stop_while_collecting_beside_the_updates_keeps_the_updates_done_and_resumes_the_phase(tmp_path):
+    """SIGINT while an episode is collected beside the phase's updates (`train.collect_while_training`): the
+    updates stop at the next one, the checkpoint keeps those done, the unfinished episode is not stored, and
+    the rerun does only the rest of the phase."""
+    from bayes_planet.agents.train import Interrupted
+
+    config = load_config("default", TINY_RUN + [f"train.env_steps={3 * EPISODE_ENV_STEPS}", "train.train_steps=50",
+                                                "train.collect_while_training=true"])
+    logdir = str(tmp_path / "run")
+    trainer = Trainer(logdir, config, progress=False)
+    collect = trainer._collect
+
+    def stop_then_collect(params, key):
+        os.kill(os.getpid(), signal.SIGINT)  # its handler only sets a flag: the first env step stops
+        return collect(params, key)
+
+    trainer._collect = stop_then_collect
+    with pytest.raises(Interrupted) as stop:
+        trainer.run()
+    assert stop.value.saved
+    saved = load_checkpoint(trainer.checkpoint_path)
+    assert saved["episodes"] == 2 and len(Replay(os.path.join(logdir, "episodes"))) == 2
+    assert saved["updates"] == saved["phase_updates"] < 50
+    Trainer(logdir, None, progress=False).run()
+    assert _records(logdir, "train")[-1]["updates"] == 50
+    assert [r["episode"] for r in _records(logdir, "episode")] == [2]
+
+
 def test_a_finished_run_is_extended_and_only_safe_options_change_on_resume(tmp_path, capsys):
     logdir = str(tmp_path / "run")
     tiny = tiny_run_cli_options(f"train.env_steps={3 * EPISODE_ENV_STEPS}")
