@@ -404,7 +404,7 @@ class Trainer:
         def update():
             try:
                 outcome["means"] = self._train_phase(show_progress=False)
-            except BaseException as error:  # re-raised in this thread, after the collection
+            except BaseException as error:  # re-raised by the calling thread, after the collection
                 outcome["error"] = error
 
         updates = threading.Thread(target=update, name="updates", daemon=True)
