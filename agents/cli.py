@@ -406,8 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = commands.add_parser(
         "calibrate", help="calibration of open-loop reward predictions: NLL and interval coverage per horizon",
         description="For open-loop predicted rewards at horizons 1..--horizon on held-out episodes: the NLL of the "
-                    "predictive mixture (weight samples x latent samples, unit-variance reward likelihood) and the "
-                    "coverage of its central 50%% and 90%% intervals against nominal. Several --logdir (say a "
+                    "predictive mixture (weight samples x latent samples, each with the reward likelihood's std: "
+                    "model.reward_noise, 1 for PlaNet's unit variance) and the "
+                    "coverage of its central 50% and 90% intervals against nominal. Several --logdir (say a "
                     "Bayesian and a deterministic run) are reported side by side; files go to the first one's "
                     "calibration/.")
     _side_by_side_arguments(calibrate)
