@@ -29,7 +29,7 @@ BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_p
 class Group:
     """The runs of one task and one variant: `evaluations` maps each run's folder to its ``{step: return}``,
     `weight_kl` to its ``{step: weight KL}`` (from the training records), `minutes` to its training wall
-    time (the ``time`` record a finished run writes; runs without one are left out)."""
+    time (the last ``time`` record with ``finished`` set; runs without one are left out)."""
 
     task: str
     variant: str
@@ -86,7 +86,8 @@ def find_groups(folder: str) -> list[Group]:
         returns = {int(r["step"]): float(r["return"]) for r in records if r["kind"] == "eval"}
         weight_kl = {int(r["step"]): float(r["weight_kl"]) for r in records
                      if r["kind"] == "train" and "weight_kl" in r}
-        totals = [float(r["total"]) / 60 for r in records if r["kind"] == "time" and "total" in r]
+        totals = [float(r["total"]) / 60 for r in records if r["kind"] == "time" and "total" in r
+                  and r.get("finished", 1.0)]  # records before the field existed are finished runs' only
         reports = {r["kind"]: r for r in records if r["kind"] in REPORT_KINDS}  # the last of each kind
         groups.setdefault((task, variant), {})[root] = (returns, weight_kl, totals[-1] if totals else None,
                                                         reports or None)

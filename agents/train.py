@@ -584,6 +584,8 @@ class Trainer:
                 except Interrupted as stop:
                     if not stop.forced and self._second_signal is None:
                         stop.saved = self.params is not None and self.save()
+                        if stop.saved:
+                            self._write_time(finished=False)
                     raise
             except BaseException as error:
                 if self._second_signal is not None and not (isinstance(error, Interrupted) and error.forced):
@@ -593,6 +595,12 @@ class Trainer:
                 raise
             finally:
                 self.logger.close()
+
+    def _write_time(self, finished: bool) -> None:
+        """A ``time`` record: seconds per phase summed over every session of the run so far, their ``total``,
+        and ``finished`` (0 when a stop signal ended this session; `compare` counts only finished runs)."""
+        self.logger.write("time", self.env_steps, dict(self.seconds, total=sum(self.seconds.values()),
+                                                       finished=float(finished)))
 
     def _say(self, line: str) -> None:
         """One line of progress: above the progress bars, or plain on stdout without them."""
@@ -648,7 +656,7 @@ class Trainer:
                 self.write_final_reports()
             self.finished = True
             self.save()
-            self.logger.write("time", self.env_steps, dict(self.seconds, total=sum(self.seconds.values())))
+            self._write_time(finished=True)
             self._say("where the time went: " + ", ".join(
                 f"{phase} {seconds / 60:.1f} min" for phase, seconds in self.seconds.items()))
         returns = self.last_eval_returns()  # read once: metrics.jsonl grows with the run

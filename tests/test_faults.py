@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 from bayes_planet.agents.cli import main
-from bayes_planet.agents.train import Trainer
+from bayes_planet.agents.compare import find_groups
+from bayes_planet.agents.train import TIME_PHASES, Trainer
 from conftest import EPISODE_ENV_STEPS, TINY_RUN, tiny_run_cli_options, train_command
 
 from bayes_planet.checkpoint import load_checkpoint, previous_path, save_checkpoint
@@ -180,9 +181,16 @@ def test_a_stop_while_collecting_beside_the_updates_keeps_the_updates_done_and_r
     saved = load_checkpoint(trainer.checkpoint_path)
     assert saved["episodes"] == 2 and len(Replay(os.path.join(logdir, "episodes"))) == 2
     assert saved["updates"] == saved["phase_updates"] < 50
+    (stopped,) = _records(logdir, "time")  # where the time went so far, with the stop
+    assert stopped["finished"] == 0 and stopped["updates"] > 0 and stopped["step"] == 2 * EPISODE_ENV_STEPS
+    assert stopped["total"] == pytest.approx(sum(stopped[phase] for phase in TIME_PHASES))
+    assert not find_groups(str(tmp_path))[0].minutes, "an unfinished run has no wall time in compare"
     Trainer(logdir, None, progress=False).run()
     assert _records(logdir, "train")[-1]["updates"] == 50
     assert [r["episode"] for r in _records(logdir, "episode")] == [2]
+    finished = _records(logdir, "time")[-1]  # summed over both sessions
+    assert finished["finished"] == 1 and finished["updates"] >= stopped["updates"]
+    assert find_groups(str(tmp_path))[0].minutes == {logdir: pytest.approx(finished["total"] / 60)}
 
 
 def test_a_finished_run_is_extended_and_only_safe_options_change_on_resume(tmp_path, capsys):
