@@ -271,6 +271,7 @@ def _compare(args: argparse.Namespace) -> int:
         reports_table,
         results_rows,
         results_table,
+        runs_table,
         versus_table,
     )
 
@@ -289,6 +290,8 @@ def _compare(args: argparse.Namespace) -> int:
     if args.aggregate is not None:
         sections.append(versus_table(groups, args.aggregate, rows))
         sections.append(aggregate_table(groups, args.aggregate))
+    if args.runs:
+        sections.append(runs_table(groups, steps))
     if args.reports:
         sections += [reports_table(groups), probe_table(groups)]
     if rows:
@@ -299,7 +302,7 @@ def _compare(args: argparse.Namespace) -> int:
         os.makedirs(args.out, exist_ok=True)
         command = " ".join(["bayes-planet compare", *args.folder, "--steps", *map(str, steps)]
                            + (["--aggregate", str(args.aggregate)] if args.aggregate is not None else [])
-                           + (["--reports"] if args.reports else []))
+                           + (["--runs"] if args.runs else []) + (["--reports"] if args.reports else []))
         atomic_write(os.path.join(args.out, "results.md"), lambda h: h.write(f"`{command}`\n\n{text}\n".encode()))
         table = results_rows(groups, steps)
         buffer = io.StringIO()
@@ -475,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also, at env step STEP: ours next to PlaNet, Dreamer and DreamerV3's published scores "
                               "with minutes per run, and IQM, mean and median over tasks and seeds as fractions of "
                               "1000 with 95%% bootstrap intervals (rliable: pip install 'bayes-planet[analysis]')")
+    compare.add_argument("--runs", action="store_true",
+                         help="also one row per run: its return at each mark, its training episodes that scored "
+                              "above 0, the mean, min and max of its last 20, and its minutes in all and per phase")
     compare.add_argument("--reports", action="store_true",
                          help="also the end-of-run reports: reward calibration, velocity-probe R² (per dimension "
                               "too), open-loop errors, the plan check and the last evaluation's worst "

@@ -22,6 +22,7 @@ from bayes_planet.logger import read_metrics
 
 # the trainer's report records that `reports_table` reads
 REPORT_KINDS = ("calibration", "probe", "openloop", "plancheck", "eval")
+TIME_RECORD_FIELDS = ("kind", "step", "wall_time", "total", "finished")  # a time record's keys besides its phases
 BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_pixels.csv")  # with sources
 
 
@@ -29,7 +30,9 @@ BASELINES = str(importlib.resources.files("bayes_planet") / "baselines" / "dmc_p
 class Group:
     """The runs of one task and one variant: `evaluations` maps each run's folder to its ``{step: return}``,
     `weight_kl` to its ``{step: weight KL}`` (from the training records), `minutes` to its training wall
-    time (the last ``time`` record with ``finished`` set; runs without one are left out)."""
+    time (the last ``time`` record with ``finished`` set; runs without one are left out) and `phases` to that
+    record's minutes per phase (``{phase: minutes}``), `training_returns` to its training episodes' returns
+    in order (with exploration noise; the random seed episodes are not among them)."""
 
     task: str
     variant: str
@@ -37,6 +40,8 @@ class Group:
     weight_kl: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
     minutes: dict[str, float] = dataclasses.field(default_factory=dict)
     reports: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
+    phases: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    training_returns: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def report_values(self, kind: str, key: str, index: int | None = None) -> list[float]:
         """Each run's value of `key` in its last `kind` record (``calibration``, ``probe``, ``openloop``),
@@ -86,13 +91,17 @@ def find_groups(folder: str) -> list[Group]:
         returns = {int(r["step"]): float(r["return"]) for r in records if r["kind"] == "eval"}
         weight_kl = {int(r["step"]): float(r["weight_kl"]) for r in records
                      if r["kind"] == "train" and "weight_kl" in r}
-        totals = [float(r["total"]) / 60 for r in records if r["kind"] == "time" and "total" in r
-                  and r.get("finished", 1.0)]  # records before the field existed are finished runs' only
+        times = [r for r in records if r["kind"] == "time" and "total" in r
+                 and r.get("finished", 1.0)]  # records before the field existed are finished runs' only
+        phases = {key: float(value) / 60 for key, value in times[-1].items()
+                  if key not in TIME_RECORD_FIELDS} if times else None
         reports = {r["kind"]: r for r in records if r["kind"] in REPORT_KINDS}  # the last of each kind
-        groups.setdefault((task, variant), {})[root] = (returns, weight_kl, totals[-1] if totals else None,
-                                                        reports or None)
+        training = [float(r["return"]) for r in records if r["kind"] == "episode"]
+        groups.setdefault((task, variant), {})[root] = (
+            returns, weight_kl, float(times[-1]["total"]) / 60 if times else None, reports or None, phases,
+            training or None)
     return [Group(task, variant, *({run: value[i] for run, value in runs.items() if value[i] is not None}
-                                   for i in range(4)))
+                                   for i in range(6)))
             for (task, variant), runs in sorted(groups.items())]
 
 
@@ -115,6 +124,30 @@ def results_table(groups: Iterable[Group], steps: Sequence[int]) -> str:
                              for returns in group.evaluations.values())
         cells = " | ".join(summarize(group.at(step)) for step in steps)
         lines.append(f"| {group.task} | {group.variant} | {cells} | {per_seed} |")
+    return "\n".join(lines)
+
+
+def runs_table(groups: Iterable[Group], steps: Sequence[int], last: int = 20) -> str:
+    """Markdown: one row per run (its folder's name), its evaluation return at each of `steps`, how many of
+    its training episodes scored above 0 (what a sparse task's exploration found), the mean, min and max of
+    its `last` training episodes, and its minutes in all and per phase (from the finished run's ``time``
+    record; ``-`` without one)."""
+    phases = list(dict.fromkeys(phase for group in groups for run in group.phases.values() for phase in run))
+    header = ["task", "variant", "run", *(f"{step // 1000}k" for step in steps), "training episodes > 0",
+              f"last {last} training: mean (min to max)", "minutes", f"minutes: {' / '.join(phases) or 'phases'}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for group in groups:
+        for run, returns in group.evaluations.items():
+            training = group.training_returns.get(run, [])
+            tail = training[-last:]
+            scored = f"{sum(r > 0 for r in training)} / {len(training)}" if training else "-"
+            spread = f"{np.mean(tail):.0f} ({min(tail):.0f} to {max(tail):.0f})" if tail else "-"
+            minutes = f"{group.minutes[run]:.1f}" if run in group.minutes else "-"
+            split = (" / ".join(f"{group.phases[run].get(phase, 0.0):.1f}" for phase in phases)
+                     if run in group.phases else "-")
+            marks = " | ".join(f"{returns[step]:.0f}" if step in returns else "-" for step in steps)
+            lines.append(f"| {group.task} | {group.variant} | {os.path.basename(run)} | {marks} | {scored} | "
+                         f"{spread} | {minutes} | {split} |")
     return "\n".join(lines)
 
 
@@ -399,4 +432,5 @@ def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000
 
 
 __all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "plot_reports", "published", "published_table",
-           "results_rows", "probe_table", "reports_table", "results_table", "summarize", "versus_table"]
+           "results_rows", "probe_table", "reports_table", "results_table", "runs_table", "summarize",
+           "versus_table"]

@@ -103,6 +103,22 @@ def test_the_bayesian_study_is_regenerated_by_one_compare_command(tmp_path, caps
         assert os.path.getsize(os.path.join(out_dir, name)) > 20_000, name
 
 
+def test_compare_runs_gives_each_runs_training_episodes_and_where_its_time_went(capsys):
+    """`--runs`: the per-run figures the README quotes for sparse tasks, from the committed metrics."""
+    from bayes_planet.agents.cli import main
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "results", "dmc100k")
+    assert main(["compare", folder, "--steps", "30000", "55000", "80000", "100000", "--runs"]) == 0
+    printed = capsys.readouterr().out
+    assert ("| task | variant | run | 30k | 55k | 80k | 100k | training episodes > 0 | last 20 training: mean (min to "
+            "max) | minutes | minutes: env / planning / updates / evaluation / reports / checkpoints |") in printed
+    # cup-catch with the collection beside the updates, seed 2: caught in one of 5 evaluation episodes at 30k
+    # (967) and at 55k (773), in none after; 15 of its 95 training episodes scored
+    assert ("| cup-catch | cold-cem8x75-overlap | seed-2 | 193 | 155 | 0 | 0 | 15 / 95 | 143 (0 to 957) | 64.3 | "
+            "24.8 / 19.9 / 8.6 / 7.7 / 3.2 / 0.1 |") in printed
+    assert "| cup-catch | cold-optimistic | seed-0 | 0 | 0 | 0 | 492 | 18 / 95 |" in printed
+
+
 def test_the_aggregate_table_gives_rliables_iqm_of_normalized_scores():
     from bayes_planet.agents.compare import Group, aggregate_table
     from rliable import metrics
