@@ -243,10 +243,11 @@ def versus_table(groups: Iterable[Group], step: int, published_rows: Sequence[di
                  methods: Sequence[str] = ("PlaNet", "Dreamer", "DreamerV3")) -> str:
     """Markdown: one row per task and variant, ours at env step `step` (mean +- std across seeds) next to
     each of `methods`' published score at the same env steps (every source, named), the random policy, and
-    our minutes of training per run (mean over the runs that recorded it). The last column says whether
+    our median minutes of training per run (over the runs that recorded it; a median, so that one run
+    slowed by other jobs on the machine does not set the figure). The last column says whether
     ours reaches the first listed source of the first method (PlaNet's row, by default), and whether ours
     is below the random policy's mean."""
-    header = ["task", "variant", f"ours at {step // 1000}k", *methods, "random", "minutes per run",
+    header = ["task", "variant", f"ours at {step // 1000}k", *methods, "random", "median minutes per run",
               f"reaches {methods[0]}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
@@ -258,7 +259,7 @@ def versus_table(groups: Iterable[Group], step: int, published_rows: Sequence[di
         reaches = "-" if not (ours and floor) else ("yes" if np.mean(ours) >= float(floor[0]["mean"]) else "no")
         if ours and random_rows and np.mean(ours) < float(random_rows[0]["mean"]):
             reaches += ", below random"  # e.g. PlaNet's 0 on cup-catch is reached by never catching
-        minutes = f"{np.mean(list(group.minutes.values())):.0f}" if group.minutes else "-"
+        minutes = f"{np.median(list(group.minutes.values())):.0f}" if group.minutes else "-"
         lines.append(f"| {group.task} | {group.variant} | {summarize(ours)} | "
                      + " | ".join(cells[m] for m in methods)
                      + f" | {_published_cell(random_rows[0]) if random_rows else '-'} | {minutes} | {reaches} |")
