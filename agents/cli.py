@@ -476,8 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--baselines", default=None, help="CSV of published scores (default: the shipped one)")
     compare.add_argument("--aggregate", type=int, default=None, metavar="STEP",
                          help="also, at env step STEP: ours next to PlaNet, Dreamer and DreamerV3's published scores "
-                              "with minutes per run, and IQM, mean and median over tasks and seeds as fractions of "
-                              "1000 with 95%% bootstrap intervals (rliable: pip install 'bayes-planet[analysis]')")
+                              "with the median minutes per run, and IQM, mean and median over tasks and seeds as "
+                              "fractions of 1000 with 95%% bootstrap intervals "
+                              "(rliable: pip install 'bayes-planet[analysis]')")
     compare.add_argument("--runs", action="store_true",
                          help="also one row per run: its return at each mark, its training episodes that scored "
                               "above 0, the mean, min and max of its last 20, and its minutes in all and per phase")
