@@ -213,15 +213,17 @@ def plot_reliability(tables: dict[str, dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(4, 4), dpi=100)
+    figure, axis = plt.subplots(figsize=(5, 4 + 0.35 * len(tables)), dpi=100)
     axis.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="calibrated")
     for run, table in tables.items():
+        # the run's last two path parts: a full logdir would be wider than the figure
+        name = os.path.join(*os.path.normpath(run).split(os.sep)[-2:])
         axis.plot(table["levels"], table["reliability"], "o-",
-                  label=f"{run} ({table['transition']}): 50% {table['verdict_50']}, 90% {table['verdict_90']}")
+                  label=f"{name} ({table['transition']})\n50% {table['verdict_50']}, 90% {table['verdict_90']}")
     axis.set_xlabel("nominal coverage of the central interval")
     axis.set_ylabel("observed coverage")
     axis.set_title("open-loop reward calibration")
-    axis.legend(loc="best", fontsize=7)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=7)
     save_figure(figure, path)
 
 
