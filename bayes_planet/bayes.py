@@ -256,7 +256,8 @@ class MCDropoutDense(_BayesianDense):
     The approximate posterior is the kernel with whole input rows dropped with probability `rate`
     (inverted scaling, so `Weights.mean()` is the plain layer). Same signature as `hk.Linear` plus
     `rate`. Parameters: ``w_dropout [in, out]``, ``b``, and ``dropout_rate []``: the layer's rate, recorded
-    in the params so that `weight_kl` uses each layer's own (it gets no gradient and never changes).
+    in the params so that `weight_kl` uses each layer's own (it gets no gradient, so Adam leaves it as it
+    is; mask it out of any weight decay, e.g. with `optax.masked`, or the KL would drift from the layer's rate).
     """
 
     def __init__(
