@@ -265,6 +265,7 @@ def _compare(args: argparse.Namespace) -> int:
         find_groups,
         plot_curves,
         plot_reports,
+        plot_training,
         probe_table,
         published,
         published_table,
@@ -314,6 +315,8 @@ def _compare(args: argparse.Namespace) -> int:
         written = ["results.md", "results.csv", "curves.png"]
         if args.reports and plot_reports(groups, os.path.join(args.out, "reports.png")):
             written.append("reports.png")
+        if args.runs and plot_training(groups, os.path.join(args.out, "training.png")):
+            written.append("training.png")
         print(f"\nwritten: {', '.join(os.path.join(args.out, name) for name in written)}")
     return 0
 
@@ -481,7 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(rliable: pip install 'bayes-planet[analysis]')")
     compare.add_argument("--runs", action="store_true",
                          help="also one row per run: its return at each mark, its training episodes that scored "
-                              "above 0, the mean, min and max of its last 20, and its minutes in all and per phase")
+                              "above 0, the mean, min and max of its last 20, and its minutes in all and per phase "
+                              "(with --out, the training episodes' returns and how many scored, against env steps, "
+                              "plotted in training.png)")
     compare.add_argument("--reports", action="store_true",
                          help="also the end-of-run reports: reward calibration, velocity-probe R² (per dimension "
                               "too), open-loop errors, the plan check and the last evaluation's worst "

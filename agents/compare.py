@@ -31,8 +31,9 @@ class Group:
     """The runs of one task and one variant: `evaluations` maps each run's folder to its ``{step: return}``,
     `weight_kl` to its ``{step: weight KL}`` (from the training records), `minutes` to its training wall
     time (the last ``time`` record with ``finished`` set; runs without one are left out) and `phases` to that
-    record's minutes per phase (``{phase: minutes}``), `training_returns` to its training episodes' returns
-    in order (with exploration noise; the random seed episodes are not among them)."""
+    record's minutes per phase (``{phase: minutes}``), `training_returns` to its training episodes'
+    ``{env step at the episode's end: return}`` (with exploration noise; the random seed episodes are not
+    among them)."""
 
     task: str
     variant: str
@@ -41,7 +42,7 @@ class Group:
     minutes: dict[str, float] = dataclasses.field(default_factory=dict)
     reports: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
     phases: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-    training_returns: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    training_returns: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
 
     def report_values(self, kind: str, key: str, index: int | None = None) -> list[float]:
         """Each run's value of `key` in its last `kind` record (``calibration``, ``probe``, ``openloop``),
@@ -96,7 +97,7 @@ def find_groups(folder: str) -> list[Group]:
         phases = {key: float(value) / 60 for key, value in times[-1].items()
                   if key not in TIME_RECORD_FIELDS} if times else None
         reports = {r["kind"]: r for r in records if r["kind"] in REPORT_KINDS}  # the last of each kind
-        training = [float(r["return"]) for r in records if r["kind"] == "episode"]
+        training = {int(r["step"]): float(r["return"]) for r in records if r["kind"] == "episode"}
         groups.setdefault((task, variant), {})[root] = (
             returns, weight_kl, float(times[-1]["total"]) / 60 if times else None, reports or None, phases,
             training or None)
@@ -138,7 +139,7 @@ def runs_table(groups: Iterable[Group], steps: Sequence[int], last: int = 20) ->
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in groups:
         for run, returns in group.evaluations.items():
-            training = group.training_returns.get(run, [])
+            training = list(group.training_returns.get(run, {}).values())
             tail = training[-last:]
             scored = f"{sum(r > 0 for r in training)} / {len(training)}" if training else "-"
             spread = f"{np.mean(tail):.0f} ({min(tail):.0f} to {max(tail):.0f})" if tail else "-"
@@ -162,6 +163,13 @@ def results_rows(groups: Iterable[Group], steps: Sequence[int]) -> list[dict]:
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else "",
                          "values": " ".join(f"{v:.1f}" for v in values)})
     return rows
+
+
+def _median_band(axis, steps: np.ndarray, values: np.ndarray, colour: str, variant: str, style: str = "-") -> None:
+    """Median over runs of ``values [runs, S]`` against ``steps [S]``, with the 5-95 percentile band."""
+    low, median, high = np.percentile(values, [5, 50, 95], axis=0)
+    axis.plot(steps, median, style, color=colour, label=f"{variant} (n={len(values)})")
+    axis.fill_between(steps, low, high, color=colour, alpha=0.2)
 
 
 def plot_curves(groups: Sequence[Group], published_rows: Sequence[dict[str, str]], path: str) -> None:
@@ -188,9 +196,7 @@ def plot_curves(groups: Sequence[Group], published_rows: Sequence[dict[str, str]
             steps, values = group.curve()
             if not steps.size:
                 continue
-            low, median, high = np.percentile(values, [5, 50, 95], axis=0)
-            axis.plot(steps, median, ".-", color=colours[group.variant], label=f"{group.variant} (n={len(values)})")
-            axis.fill_between(steps, low, high, color=colours[group.variant], alpha=0.2)
+            _median_band(axis, steps, values, colours[group.variant], group.variant, ".-")
             if with_kl:
                 kl_steps, kl = group.curve("weight_kl")
                 if kl.size and kl.max() > 0:
@@ -216,6 +222,54 @@ def plot_curves(groups: Sequence[Group], published_rows: Sequence[dict[str, str]
             if axes[1][column].get_legend_handles_labels()[0]:
                 axes[1][column].legend(fontsize=6)
     save_figure(figure, path)
+
+
+def training_curves(steps: np.ndarray, returns: np.ndarray, window: int = 10):
+    """From training episodes' ``returns [runs, S]`` ending at env ``steps [S]``: ``(steps [S'], the moving
+    mean over `window` episodes [runs, S'])`` (S' = S - window + 1, or 1 when S < window) and the count of
+    episodes that scored above 0 so far ``[runs, S]``."""
+    width = min(window, steps.size)
+    moving_mean = np.stack([np.convolve(run, np.ones(width) / width, mode="valid") for run in returns])
+    return (steps[width - 1:], moving_mean), np.cumsum(returns > 0, axis=1)
+
+
+def plot_training(groups: Sequence[Group], path: str, window: int = 10) -> bool:
+    """PNG with one column of panels per task, from the training episodes (with exploration noise): their
+    return, a moving mean over `window` episodes, and how many of them have scored above 0 so far (what
+    exploration found on a sparse task), each against env steps as the median over seeds with the 5-95
+    percentile band, one colour per variant. Returns False, writing nothing, when no run has training
+    episodes."""
+    trained = [group for group in groups if group.training_returns]
+    tasks = sorted({group.task for group in trained})
+    if not tasks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bayes_planet.viz import save_figure
+
+    variants = sorted({group.variant for group in groups})
+    colours = {variant: f"C{i}" for i, variant in enumerate(variants)}
+    figure, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 6.8), dpi=100, squeeze=False)
+    for column, task in enumerate(tasks):
+        for group in (g for g in trained if g.task == task):
+            steps, returns = group.curve("training_returns")
+            if not steps.size:
+                continue
+            (mean_steps, moving_mean), scored = training_curves(steps, returns, window)
+            _median_band(axes[0][column], mean_steps, moving_mean, colours[group.variant], group.variant)
+            _median_band(axes[1][column], steps, scored, colours[group.variant], group.variant)
+        titles = (f"training return, mean of the last {window} episodes", "training episodes that scored > 0, so far")
+        for axis, title in zip(axes[:, column], titles, strict=True):
+            axis.set_title(f"{task}: {title}", fontsize=7)
+            axis.set_xlabel("environment steps")
+            axis.legend(fontsize=6, loc="best")
+        axes[0][column].set_ylabel("episode return (with exploration noise)", fontsize=7)
+        axes[1][column].set_ylabel("episodes", fontsize=7)
+    save_figure(figure, path)
+    return True
 
 
 def published(tasks: Iterable[str], path: str | None = BASELINES,
@@ -432,6 +486,6 @@ def aggregate_table(groups: Sequence[Group], step: int, max_return: float = 1000
     return "\n".join(lines)
 
 
-__all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "plot_reports", "published", "published_table",
-           "results_rows", "probe_table", "reports_table", "results_table", "runs_table", "summarize",
-           "versus_table"]
+__all__ = ["Group", "aggregate_table", "find_groups", "plot_curves", "plot_reports", "plot_training", "probe_table",
+           "published", "published_table", "reports_table", "results_rows", "results_table", "runs_table",
+           "summarize", "training_curves", "versus_table"]

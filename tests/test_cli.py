@@ -120,6 +120,26 @@ def test_compare_runs_gives_each_runs_training_episodes_and_where_its_time_went(
     assert "| cup-catch | cold-optimistic | seed-0 | 0 | 0 | 0 | 492 | 18 / 95 |" in printed
 
 
+def test_compare_runs_plots_what_each_objective_found_while_training_on_the_sparse_study(tmp_path, capsys):
+    """Issue 20, claim 4: from the committed sparse-objectives runs, the training episodes that scored so far
+    against env steps (training.png), agreeing with the table's count."""
+    from bayes_planet.agents.cli import main
+    from bayes_planet.agents.compare import find_groups, training_curves
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "results", "bayes", "sparse-objectives")
+    out_dir = str(tmp_path / "sparse")
+    assert main(["compare", folder, "--steps", "100000", "--runs", "--out", out_dir]) == 0
+    assert "| cartpole-swingup_sparse | mean | seed-0 | 0 | 31 / 95 |" in capsys.readouterr().out
+    assert os.path.getsize(os.path.join(out_dir, "training.png")) > 20_000
+    mean = next(group for group in find_groups(folder) if group.variant == "mean")
+    steps, returns = mean.curve("training_returns")
+    (mean_steps, moving_mean), scored = training_curves(steps, returns, window=10)
+    assert steps[0] == 6000 and steps[-1] == 100_000 and returns.shape[1] == 95  # after the 5 seed episodes
+    assert scored[0, -1] == 31 and np.all(np.diff(scored[0]) >= 0)
+    assert mean_steps[0] == 15_000 and moving_mean.shape[1] == 86
+    assert moving_mean[0, -1] == pytest.approx(np.mean(returns[0, -10:]))
+
+
 def test_the_aggregate_table_gives_rliables_iqm_of_normalized_scores():
     from bayes_planet.agents.compare import Group, aggregate_table
     from rliable import metrics
