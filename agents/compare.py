@@ -19,6 +19,7 @@ import numpy as np
 
 from bayes_planet.errors import UsageError
 from bayes_planet.logger import read_metrics
+from bayes_planet.viz import save_figure
 
 # the trainer's report records that `reports_table` reads
 REPORT_KINDS = ("calibration", "probe", "openloop", "plancheck", "eval")
@@ -165,6 +166,16 @@ def results_rows(groups: Iterable[Group], steps: Sequence[int]) -> list[dict]:
     return rows
 
 
+def _pyplot_and_colours(groups: Sequence[Group]):
+    """matplotlib's pyplot on the Agg backend (no display needed), and one colour per variant of `groups`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, {variant: f"C{i}" for i, variant in enumerate(sorted({group.variant for group in groups}))}
+
+
 def _median_band(axis, steps: np.ndarray, values: np.ndarray, colour: str, variant: str, style: str = "-") -> None:
     """Median over runs of ``values [runs, S]`` against ``steps [S]``, with the 5-95 percentile band."""
     low, median, high = np.percentile(values, [5, 50, 95], axis=0)
@@ -176,19 +187,11 @@ def plot_curves(groups: Sequence[Group], published_rows: Sequence[dict[str, str]
     """PNG per task in a row of panels: evaluation return against env steps (median over seeds, 5-95
     percentile band, one colour per variant, published scores up to the runs' reach (100k at least) as
     markers) and, below, the weight KL of the variants that have one (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bayes_planet.viz import save_figure
-
+    plt, colours = _pyplot_and_colours(groups)
     tasks = sorted({group.task for group in groups})
     with_kl = any(group.curve("weight_kl")[1].size and group.curve("weight_kl")[1].max() > 0 for group in groups)
     figure, axes = plt.subplots(1 + with_kl, len(tasks), figsize=(4.5 * len(tasks), 3.4 * (1 + with_kl)),
                                 dpi=100, squeeze=False)
-    variants = sorted({group.variant for group in groups})
-    colours = {variant: f"C{i}" for i, variant in enumerate(variants)}
     markers = dict(zip(sorted({row["method"] for row in published_rows}), "osD^v<>ph*", strict=False))
     for column, task in enumerate(tasks):
         axis = axes[0][column]
@@ -243,15 +246,7 @@ def plot_training(groups: Sequence[Group], path: str, window: int = 10) -> bool:
     tasks = sorted({group.task for group in trained})
     if not tasks:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bayes_planet.viz import save_figure
-
-    variants = sorted({group.variant for group in groups})
-    colours = {variant: f"C{i}" for i, variant in enumerate(variants)}
+    plt, colours = _pyplot_and_colours(groups)
     figure, axes = plt.subplots(2, len(tasks), figsize=(4.5 * len(tasks), 6.8), dpi=100, squeeze=False)
     for column, task in enumerate(tasks):
         for group in (g for g in trained if g.task == task):
@@ -395,15 +390,7 @@ def plot_reports(groups: Sequence[Group], path: str) -> bool:
     tasks = sorted({group.task for group in reported})
     if not tasks:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bayes_planet.viz import save_figure
-
-    variants = sorted({group.variant for group in groups})
-    colours = {variant: f"C{i}" for i, variant in enumerate(variants)}
+    plt, colours = _pyplot_and_colours(groups)
     figure, axes = plt.subplots(len(tasks), len(REPORT_PANELS) + 1, figsize=(4.2 * (len(REPORT_PANELS) + 1),
                                 3.2 * len(tasks)), dpi=100, squeeze=False)
     probe_keys = (("posterior", "r2/trained/posterior"), ("open loop", "r2/trained/open_loop"),
