@@ -286,7 +286,7 @@ def plan_check_report(run, states: int = 8, candidates: int = 64, perturbation: 
 def format_plan_check(reports: dict[str, dict]) -> str:
     """Text table, one line per run: mean +- std over states of the main scores."""
     names = ("rank_correlation", "plan_percentile_near", "plan_percentile_far", "plan_regret", "model_pick_regret",
-             "plan_imagined_error", "plan_spread", "true_range")
+             "plan_imagined_error", "plan_spread", "true_range", "spread_variation", "spread_two_sample_rank")
     lines = [f"{'run':<40} {'return':>7} " + " ".join(f"{n:>22}" for n in names)]
     for run, report in reports.items():
         cells = " ".join(f"{report['summary'][n]['mean']:>12.3f} +- {report['summary'][n]['std']:<6.3f}" for n in names)

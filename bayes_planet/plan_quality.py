@@ -50,7 +50,9 @@ def plan_quality(imagined: np.ndarray, true: np.ndarray, perturbed: int = 0) -> 
     - ``model_pick_regret``: the best true return minus that of the candidate the model ranks first;
     - ``plan_imagined``, ``plan_true`` and ``plan_imagined_error`` (imagined mean minus true) of the plan;
     - ``plan_spread``: the std of the plan's imagined return across the K weight samples (0 for K = 1);
-    - ``true_range``: the best minus the worst true return, the scale the regrets are read against.
+    - ``true_range``: the best minus the worst true return, the scale the regrets are read against;
+    - and what an uncertainty objective (``mean +- beta * std``, `bayes_planet.objectives`) can do with
+      the spread, from `spread_scores`: ``spread_variation`` and ``spread_two_sample_rank``.
     """
     imagined, true = np.asarray(imagined, np.float64), np.asarray(true, np.float64)
     if imagined.ndim != 2 or true.shape != imagined.shape[:1] or len(true) < 2:
@@ -72,10 +74,37 @@ def plan_quality(imagined: np.ndarray, true: np.ndarray, perturbed: int = 0) -> 
         "plan_imagined_error": float(mean[0] - true[0]),
         "plan_spread": float(imagined[0].std()),
         "true_range": float(np.ptp(true)),
+        **spread_scores(imagined),
     }
 
 
+def spread_scores(imagined: np.ndarray) -> dict[str, float]:
+    """How much the spread across weight samples can steer an uncertainty objective, from the imagined
+    returns ``[N, K]`` of N candidates under K weight samples:
+
+    - ``spread_variation``: the std over candidates of each candidate's std across samples, over the std
+      over candidates of their mean return. ``beta`` times this is roughly how strongly ``mean + beta *
+      std`` reorders the candidates against the mean objective; near 0, optimism and risk aversion plan as
+      the mean does (nan where every mean is equal);
+    - ``spread_two_sample_rank``: Spearman's rank correlation between the std over samples 0 and 1 (a
+      planner with K = 2) and the std over the other K - 2 samples, disjoint from them: near 1, two
+      samples rank the candidates by uncertainty as many do; near 0, the bonus two samples give is noise
+      (nan for K < 4).
+    """
+    imagined = np.asarray(imagined, np.float64)
+    spread, mean_spread = imagined.std(axis=1), imagined.mean(axis=1).std()
+    two_sample_rank = (rank_correlation(imagined[:, :2].std(axis=1), imagined[:, 2:].std(axis=1))
+                       if imagined.shape[1] >= 4 else float("nan"))
+    return {"spread_variation": float(spread.std() / mean_spread) if mean_spread > 0 else float("nan"),
+            "spread_two_sample_rank": two_sample_rank}
+
+
 def summarize(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and std over states of every score in `rows` (`plan_quality` outputs), nan-aware."""
-    return {name: {"mean": float(np.nanmean([r[name] for r in rows])), "std": float(np.nanstd([r[name] for r in rows]))}
-            for name in rows[0]}
+    """Mean and std over states of every score in `rows` (`plan_quality` outputs), nan-aware (nan where a
+    score is nan in every state, such as ``spread_two_sample_rank`` for K < 4)."""
+    def moments(values: np.ndarray) -> dict[str, float]:
+        values = values[~np.isnan(values)]
+        return {"mean": float(values.mean()), "std": float(values.std())} if len(values) else \
+            {"mean": float("nan"), "std": float("nan")}
+
+    return {name: moments(np.array([r[name] for r in rows], np.float64)) for name in rows[0]}

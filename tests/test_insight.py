@@ -154,11 +154,29 @@ def test_plan_quality_scores_a_perfect_a_reversed_and_an_unsure_model():
     unsure = plan_quality.plan_quality(np.stack([true + 1, true - 1, true + 3], axis=1), true)  # 3 weight samples
     assert unsure["plan_imagined_error"] == pytest.approx(1.0)
     assert unsure["plan_spread"] == pytest.approx(np.std([1, -1, 3]))
+    assert unsure["spread_variation"] == 0  # the same spread for every candidate
+    assert np.isnan(unsure["spread_two_sample_rank"])  # K < 4
     assert np.isnan(plan_quality.rank_correlation(np.ones(5), true))
     with pytest.raises(ValueError, match="imagined"):
         plan_quality.plan_quality(true, true)
     with pytest.raises(ValueError, match="perturbed must leave"):
         plan_quality.plan_quality(true[:, None], true, perturbed=4)
+
+
+def test_spread_scores_tell_a_bonus_that_reorders_from_noise_two_samples_cannot_rank():
+    rng = np.random.default_rng(0)
+    means, spreads = np.linspace(0.0, 10.0, 200), np.linspace(0.1, 5.0, 200)[::-1]  # the best candidate is surest
+    imagined = means[:, None] + spreads[:, None] * rng.standard_normal((200, 64))
+    scores = plan_quality.spread_scores(imagined)
+    assert 0.3 < scores["spread_variation"] < 0.6  # std(spreads) / std(means) = 1.41 / 2.9
+    assert 0.3 < scores["spread_two_sample_rank"] < 0.8  # two samples see the trend, noisily
+    same_spread = means[:, None] + rng.standard_normal((200, 64))
+    assert abs(plan_quality.spread_scores(same_spread)["spread_two_sample_rank"]) < 0.2  # no trend: the ranks are noise
+    assert plan_quality.spread_scores(same_spread)["spread_variation"] < 0.05
+    assert np.isnan(plan_quality.spread_scores(np.ones((5, 8)))["spread_variation"])  # every candidate alike
+    rows = [plan_quality.plan_quality(imagined[:5, :2], means[:5]) for _ in range(2)]
+    summary = plan_quality.summarize(rows)
+    assert np.isnan(summary["spread_two_sample_rank"]["mean"]) and summary["plan_spread"]["mean"] > 0
 
 
 def test_candidates_are_the_plan_then_perturbations_then_uniform_actions():
